@@ -1,0 +1,33 @@
+"""Type stubs for the native module ``fastctc._core`` (built from ``src/python.rs``)."""
+
+import numpy as np
+
+__version__: str
+
+class CTCInputError(ValueError):
+    """An argument has a bad value: a length, a label, the blank, a shape, or an option."""
+
+class CTCTypeError(TypeError):
+    """An argument has the wrong type or dtype (for example float targets)."""
+
+def ctc(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    input_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    blank: int,
+    reduction: str,
+    zero_infinity: bool,
+    grad_wrt: str,
+    with_grad: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Computes CTC losses (and the gradient when ``with_grad``) of a normalised batch."""
+
+def set_num_threads(threads: int) -> None:
+    """Sets the number of worker threads for later calls (at least 1)."""
+
+def get_num_threads() -> int:
+    """The number of worker threads calls run on."""
+
+def simd_features() -> list[str]:
+    """The CPU's SIMD extensions detected at run time."""

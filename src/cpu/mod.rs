@@ -1,0 +1,125 @@
+//! The CPU backend: samples spread over the thread pool, largest first.
+
+mod lattice;
+
+use std::cmp::Reverse;
+
+use ndarray::{Array3, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+pub use lattice::{GradSpec, SampleRef, Workspace};
+
+use crate::options::Reduction;
+use crate::output::CtcOutput;
+use crate::problem::Problem;
+use crate::real::Real;
+use crate::threads;
+
+/// The instruction-set extensions this CPU offers that matter to the kernels, for `info`.
+pub fn simd_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            found.push("sse4.1");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            found.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            found.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            found.push("avx512f");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        found.push("neon");
+    }
+    found
+}
+
+fn sample_ref<'p, F: Real>(problem: &'p Problem<'_, F>, n: usize) -> SampleRef<'p, F> {
+    SampleRef {
+        log_probs: problem.log_probs.index_axis(Axis(1), n),
+        input_len: problem.samples[n].input_len,
+        labels: problem.labels_of(n),
+        blank: problem.blank,
+    }
+}
+
+/// The reduction's gradient factor for sample `n`.
+fn grad_scale(problem: &Problem<'_, impl Real>, n: usize) -> f64 {
+    match problem.options.reduction {
+        Reduction::None | Reduction::Sum => 1.0,
+        Reduction::Mean => {
+            let batch = problem.samples.len() as f64;
+            1.0 / (batch * problem.samples[n].target_len().max(1) as f64)
+        }
+    }
+}
+
+/// Sample indices, most expensive first, so the long ones start early and the short ones
+/// fill the gaps at the end.
+fn schedule<F>(problem: &Problem<'_, F>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..problem.samples.len()).collect();
+    order.sort_by_key(|&n| Reverse(problem.samples[n].cost()));
+    order
+}
+
+/// Computes the losses (and, with `with_grad`, the gradient) of a validated batch.
+pub fn compute<F: Real>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<F> {
+    threads::install(|| {
+        if with_grad {
+            compute_with_grad(problem)
+        } else {
+            compute_loss(problem)
+        }
+    })
+}
+
+fn compute_loss<F: Real>(problem: &Problem<'_, F>) -> CtcOutput<F> {
+    let order = schedule(problem);
+    let mut by_rank = vec![0.0f64; order.len()];
+    by_rank
+        .par_iter_mut()
+        .with_max_len(1)
+        .zip(order.par_iter())
+        .for_each_init(Workspace::new, |ws, (out, &n)| {
+            *out = -lattice::log_likelihood(&sample_ref(problem, n), ws);
+        });
+    let mut losses = vec![0.0f64; order.len()];
+    for (rank, &n) in order.iter().enumerate() {
+        losses[n] = by_rank[rank];
+    }
+    CtcOutput::new(problem, losses, None)
+}
+
+fn compute_with_grad<F: Real>(problem: &Problem<'_, F>) -> CtcOutput<F> {
+    let (t_max, batch, classes) = problem.dims();
+    let mut grad = Array3::<F>::from_elem((t_max, batch, classes), F::ZERO);
+    let mut losses = vec![0.0f64; batch];
+    {
+        let mut jobs: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = grad
+            .axis_iter_mut(Axis(1))
+            .zip(losses.iter_mut())
+            .enumerate()
+            .map(|(n, (rows, loss))| (n, rows, loss))
+            .collect();
+        jobs.sort_by_key(|(n, _, _)| Reverse(problem.samples[*n].cost()));
+        jobs.into_par_iter().with_max_len(1).for_each_init(
+            Workspace::new,
+            |ws, (n, rows, loss)| {
+                let spec = GradSpec {
+                    wrt: problem.options.grad_wrt,
+                    scale: F::from_f64(grad_scale(problem, n)),
+                    zero_infinity: problem.options.zero_infinity,
+                };
+                *loss = -lattice::log_likelihood_and_grad(&sample_ref(problem, n), ws, rows, spec);
+            },
+        );
+    }
+    CtcOutput::new(problem, losses, Some(grad))
+}

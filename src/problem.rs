@@ -1,0 +1,321 @@
+//! Validation: every invariant of a CTC batch is checked here, once, before any backend runs.
+//!
+//! The result, [`Problem`], is a batch that backends can trust: lengths within bounds, labels
+//! in `[0, C)` and never the blank, one target slice per sample. Backends index without
+//! re-checking.
+
+use std::ops::Range;
+
+use ndarray::{ArrayView1, ArrayView2, ArrayView3};
+
+use crate::error::CtcError;
+use crate::options::Options;
+
+/// Targets in one of torch's two layouts.
+#[derive(Debug, Clone, Copy)]
+pub enum Targets<'a> {
+    /// `(N, S)`, each row padded; entries past a sample's target length are never read.
+    Padded(ArrayView2<'a, i64>),
+    /// All targets back to back; length `sum(target_lengths)`.
+    Concatenated(ArrayView1<'a, i64>),
+}
+
+/// One sample of a validated batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Frames `0..input_len` of this sample are used.
+    pub input_len: usize,
+    /// Where this sample's labels sit in [`Problem::labels`].
+    pub labels: Range<usize>,
+}
+
+impl Sample {
+    /// Number of target labels.
+    pub fn target_len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Lattice cells of this sample, `T * (2S + 1)`: its share of the work.
+    pub fn cost(&self) -> usize {
+        self.input_len.max(1) * (2 * self.target_len() + 1)
+    }
+}
+
+/// A batch whose every invariant holds.
+#[derive(Debug, Clone)]
+pub struct Problem<'a, F> {
+    /// `(T, N, C)`, any strides.
+    pub log_probs: ArrayView3<'a, F>,
+    /// The blank class, in `[0, C)`.
+    pub blank: usize,
+    /// One entry per sample.
+    pub samples: Vec<Sample>,
+    /// Every sample's labels back to back, each in `[0, C)` and never `blank`.
+    pub labels: Vec<u32>,
+    /// Reduction, zero_infinity and gradient convention.
+    pub options: Options,
+}
+
+impl<'a, F> Problem<'a, F> {
+    /// `(T, N, C)`.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        self.log_probs.dim()
+    }
+
+    /// The labels of sample `n`.
+    pub fn labels_of(&self, n: usize) -> &[u32] {
+        &self.labels[self.samples[n].labels.clone()]
+    }
+}
+
+/// Checks a batch and returns it in validated form.
+///
+/// `blank` may be negative (counted from the end, `-1` is `C - 1`).
+pub fn validate<'a, F>(
+    log_probs: ArrayView3<'a, F>,
+    targets: Targets<'_>,
+    input_lengths: ArrayView1<'_, i64>,
+    target_lengths: ArrayView1<'_, i64>,
+    blank: i64,
+    options: Options,
+) -> Result<Problem<'a, F>, CtcError> {
+    let (t_max, batch, classes) = log_probs.dim();
+    for (dimension, size) in [("T", t_max), ("N", batch), ("C", classes)] {
+        if size == 0 {
+            return Err(CtcError::EmptyDimension {
+                dimension,
+                shape: vec![t_max, batch, classes],
+            });
+        }
+    }
+    let blank = resolve_blank(blank, classes)?;
+
+    check_batch_size("input_lengths", input_lengths.len(), batch)?;
+    check_batch_size("target_lengths", target_lengths.len(), batch)?;
+    if let Targets::Padded(rows) = targets {
+        check_batch_size("targets", rows.nrows(), batch)?;
+    }
+
+    let input_lens = input_lengths
+        .iter()
+        .enumerate()
+        .map(|(n, &value)| check_length("input_lengths", n, value, "T", t_max))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let target_limit = match targets {
+        Targets::Padded(rows) => ("S", rows.ncols()),
+        // Bounded by the sum check below; here only the sign matters.
+        Targets::Concatenated(flat) => ("len(targets)", flat.len()),
+    };
+    let target_lens = target_lengths
+        .iter()
+        .enumerate()
+        .map(|(n, &value)| check_length("target_lengths", n, value, target_limit.0, target_limit.1))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if let Targets::Concatenated(flat) = targets {
+        let expected: u128 = target_lens.iter().map(|&l| l as u128).sum();
+        if expected != flat.len() as u128 {
+            return Err(CtcError::ConcatenatedLength {
+                expected,
+                got: flat.len(),
+            });
+        }
+    }
+
+    let mut labels = Vec::with_capacity(target_lens.iter().sum());
+    let mut samples = Vec::with_capacity(batch);
+    let mut offset = 0usize;
+    for (n, (&input_len, &target_len)) in input_lens.iter().zip(&target_lens).enumerate() {
+        let start = labels.len();
+        for position in 0..target_len {
+            let value = match targets {
+                Targets::Padded(rows) => rows[[n, position]],
+                Targets::Concatenated(flat) => flat[offset + position],
+            };
+            labels.push(check_label(n, position, value, classes, blank)?);
+        }
+        offset += target_len;
+        samples.push(Sample {
+            input_len,
+            labels: start..labels.len(),
+        });
+    }
+
+    Ok(Problem {
+        log_probs,
+        blank,
+        samples,
+        labels,
+        options,
+    })
+}
+
+fn resolve_blank(blank: i64, classes: usize) -> Result<usize, CtcError> {
+    let c = classes as i64;
+    let resolved = if blank < 0 { blank + c } else { blank };
+    if (0..c).contains(&resolved) {
+        Ok(resolved as usize)
+    } else {
+        Err(CtcError::Blank {
+            value: blank,
+            classes,
+        })
+    }
+}
+
+fn check_batch_size(argument: &'static str, got: usize, batch: usize) -> Result<(), CtcError> {
+    if got == batch {
+        return Ok(());
+    }
+    let what = if argument == "targets" {
+        "rows"
+    } else {
+        "entries"
+    };
+    Err(CtcError::Shape {
+        argument,
+        message: format!("has {got} {what}, but log_probs has batch size N={batch}"),
+    })
+}
+
+fn check_length(
+    argument: &'static str,
+    sample: usize,
+    value: i64,
+    limit_name: &'static str,
+    limit: usize,
+) -> Result<usize, CtcError> {
+    if value >= 0 && (value as u64) <= limit as u64 {
+        Ok(value as usize)
+    } else {
+        Err(CtcError::Length {
+            argument,
+            sample,
+            value,
+            limit_name,
+            limit,
+        })
+    }
+}
+
+fn check_label(
+    sample: usize,
+    position: usize,
+    value: i64,
+    classes: usize,
+    blank: usize,
+) -> Result<u32, CtcError> {
+    if value < 0 || value as u64 >= classes as u64 {
+        return Err(CtcError::Label {
+            sample,
+            position,
+            value,
+            classes,
+        });
+    }
+    if value as usize == blank {
+        return Err(CtcError::BlankInTarget {
+            sample,
+            position,
+            blank,
+        });
+    }
+    // Labels fit u32: C is an array dimension and a u32 holds any realistic vocabulary;
+    // larger C is rejected rather than truncated.
+    u32::try_from(value).map_err(|_| CtcError::Label {
+        sample,
+        position,
+        value,
+        classes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr1, arr2, Array3};
+
+    fn lp() -> Array3<f64> {
+        Array3::zeros((4, 2, 5))
+    }
+
+    #[test]
+    fn accepts_padded_and_concatenated() {
+        let lp = lp();
+        let padded = arr2(&[[1, 2, -1], [3, 99, 99]]);
+        let p = validate(
+            lp.view(),
+            Targets::Padded(padded.view()),
+            arr1(&[4, 3]).view(),
+            arr1(&[2, 1]).view(),
+            0,
+            Options::default(),
+        )
+        .unwrap();
+        assert_eq!(p.labels_of(0), &[1, 2]);
+        assert_eq!(p.labels_of(1), &[3]);
+
+        let flat = arr1(&[1, 2, 3]);
+        let p = validate(
+            lp.view(),
+            Targets::Concatenated(flat.view()),
+            arr1(&[4, 3]).view(),
+            arr1(&[2, 1]).view(),
+            -1,
+            Options::default(),
+        )
+        .unwrap();
+        assert_eq!(p.blank, 4);
+        assert_eq!(p.labels_of(1), &[3]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let lp = lp();
+        let padded = arr2(&[[1, 2], [3, 5]]);
+        let run = |il: [i64; 2], tl: [i64; 2], blank: i64| {
+            validate(
+                lp.view(),
+                Targets::Padded(padded.view()),
+                arr1(&il).view(),
+                arr1(&tl).view(),
+                blank,
+                Options::default(),
+            )
+        };
+        assert!(matches!(
+            run([4, 4], [2, 2], 0),
+            Err(CtcError::Label {
+                sample: 1,
+                position: 1,
+                value: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            run([4, 4], [2, 1], 3),
+            Err(CtcError::BlankInTarget {
+                sample: 1,
+                position: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            run([5, 4], [2, 1], 0),
+            Err(CtcError::Length { sample: 0, .. })
+        ));
+        assert!(matches!(
+            run([4, 4], [2, 3], 0),
+            Err(CtcError::Length { sample: 1, .. })
+        ));
+        assert!(matches!(
+            run([4, 4], [2, 1], 5),
+            Err(CtcError::Blank { .. })
+        ));
+        assert!(matches!(
+            run([4, 4], [2, 1], -6),
+            Err(CtcError::Blank { .. })
+        ));
+    }
+}
