@@ -66,7 +66,7 @@ def test_parity_with_torch(torch, reduction, form, dtype, zero_infinity, blank, 
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_parity_with_torch_always_infeasible_mix(torch, dtype, rng):
+def test_parity_with_torch_mixed_finite_and_infinite(torch, dtype, rng):
     """A batch built to contain both finite and infinite losses."""
     case = make_case(rng, 6, 4, 5, 6, feasible=True, min_input_length=2)
     case.targets[1] = [2, 2, 2, 2]  # needs 7 frames
