@@ -46,7 +46,7 @@ pub use real::Real;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Validates a batch and computes its loss (and gradient, with `with_grad`) on the CPU.
-pub fn ctc<F: Real>(
+pub fn ctc<F: cpu::CpuFloat>(
     log_probs: ArrayView3<'_, F>,
     targets: Targets<'_>,
     input_lengths: ArrayView1<'_, i64>,

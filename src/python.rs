@@ -12,10 +12,10 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::cpu::CpuFloat;
 use crate::error::{CtcError, ErrorKind};
 use crate::options::{GradWrt, Options, Reduction};
 use crate::problem::{validate, Targets};
-use crate::real::Real;
 use crate::{cpu, threads};
 
 create_exception!(
@@ -47,7 +47,7 @@ fn without_gil<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
 type LossAndGrad<'py> = (Bound<'py, PyAny>, Option<Bound<'py, PyAny>>);
 
 #[allow(clippy::too_many_arguments)]
-fn run<'py, F: Real + Element>(
+fn run<'py, F: CpuFloat + Element>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyArray3<F>>,
     targets: &PyReadonlyArrayDyn<'py, i64>,

@@ -22,6 +22,7 @@ pub trait Real:
     const ZERO: Self;
     const ONE: Self;
     const NEG_INFINITY: Self;
+    const INFINITY: Self;
     const NAN: Self;
     /// Name shown to users (`"float32"`, `"float64"`).
     const NAME: &'static str;
@@ -39,6 +40,7 @@ macro_rules! impl_real {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const INFINITY: Self = <$t>::INFINITY;
             const NAN: Self = <$t>::NAN;
             const NAME: &'static str = $name;
 

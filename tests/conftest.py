@@ -7,15 +7,24 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
-# Make `import reference` / `import helpers` work whatever pytest import mode is in use.
+# Make `import reference` / `import ctc_cases` work whatever pytest import mode is in use.
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 
+# Keep hypothesis from writing an example database (.hypothesis/) into the work tree, and
+# make CI runs (CI=true) reproducible: the same examples on every run. Locally every run
+# explores new examples.
+settings.register_profile("fastctc", database=None)
+settings.register_profile("fastctc-ci", database=None, derandomize=True)
+settings.load_profile("fastctc-ci" if os.environ.get("CI") else "fastctc")
+
+
 def require_torch():
-    """Import torch, or skip the calling test module when it is missing.
+    """Import torch, or skip the calling test when it is missing.
 
     With FASTCTC_REQUIRE_TORCH=1 in the environment a missing torch is a failure, so a CI
     job that is meant to run the parity tests cannot silently skip them.

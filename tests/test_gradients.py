@@ -40,8 +40,15 @@ def total_loss(case, targets, **options):
 @pytest.mark.parametrize("values", ["normalised", "unnormalised"])
 def test_default_gradient_matches_finite_differences(reduction, blank, values, rng):
     case = make_case(
-        rng, 6, 3, 4, 3, blank=blank, normalised=values == "normalised",
-        repeat_probability=0.5, min_input_length=1,
+        rng,
+        6,
+        3,
+        4,
+        3,
+        blank=blank,
+        normalised=values == "normalised",
+        repeat_probability=0.5,
+        min_input_length=1,
     )
     if values == "unnormalised":
         case.log_probs += 2.0  # far from normalised: probabilities well above 1
@@ -124,8 +131,12 @@ def test_logits_convention_is_not_the_log_probs_derivative(rng):
     targets = case.padded(0)
     options = {"reduction": "sum"}
     _, grad_logits = fastctc.ctc_loss_and_grad(
-        case.log_probs, targets, case.input_lengths, case.target_lengths,
-        grad_wrt="logits", **options,
+        case.log_probs,
+        targets,
+        case.input_lengths,
+        case.target_lengths,
+        grad_wrt="logits",
+        **options,
     )
     numeric = numeric_gradient(total_loss(case, targets, **options), case.log_probs)
     assert not np.allclose(grad_logits, numeric, rtol=1e-5, atol=1e-7)

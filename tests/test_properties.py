@@ -50,11 +50,13 @@ def junk_value(kind: str, dtype, num_classes: int, blank: int) -> int:
 
 
 @st.composite
-def problems(draw, max_frames=12, max_batch=4, max_classes=6, max_width=6):
-    num_frames = draw(st.integers(1, max_frames))
-    batch = draw(st.integers(1, max_batch))
-    num_classes = draw(st.integers(1, max_classes))
-    width = draw(st.integers(0, max_width))
+def problems(draw, max_frames=12, max_batch=4, max_classes=6, max_width=6, min_size=None):
+    # min_size: lower bounds for (T, N, C, S); defaults to the smallest valid problems.
+    min_frames, min_batch, min_classes, min_width = min_size or (1, 1, 1, 0)
+    num_frames = draw(st.integers(min_frames, max_frames))
+    batch = draw(st.integers(min_batch, max_batch))
+    num_classes = draw(st.integers(min_classes, max_classes))
+    width = draw(st.integers(min_width, max_width))
     blank = draw(st.integers(-num_classes, num_classes - 1))
     return {
         "num_frames": num_frames,
@@ -63,6 +65,7 @@ def problems(draw, max_frames=12, max_batch=4, max_classes=6, max_width=6):
         "width": width,
         "blank": blank,
         "feasible": draw(st.booleans()),
+        "full_targets": draw(st.booleans()),
         "values": draw(st.sampled_from(["log_softmax", "unnormalised", "neg_inf"])),
         "seed": draw(st.integers(0, 2**32 - 1)),
         "form": draw(st.sampled_from(["padded", "concatenated"])),
@@ -87,6 +90,7 @@ def build(p):
         blank=p["blank"],
         normalised=p["values"] != "unnormalised",
         feasible=p["feasible"],
+        full_targets=p["full_targets"],
         neg_inf_fraction=0.2 if p["values"] == "neg_inf" else 0.0,
     )
     dtype = np.dtype(p["target_dtype"])
@@ -130,7 +134,7 @@ def test_matches_reference(p):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(max_frames=50, max_batch=6, max_classes=30, max_width=20))
+@given(problems(max_frames=50, max_batch=6, max_classes=30, max_width=20, min_size=(10, 2, 4, 4)))
 def test_matches_reference_larger(p):
     check_against_reference(p, *build(p))
 
@@ -146,7 +150,12 @@ def test_unbatched_matches_reference(p):
     scale = 1.0 / max(tl, 1) if p["reduction"] == "mean" else 1.0
     loss_rtol, loss_atol, grad_rtol, grad_atol = TOLERANCES[p["dtype"]]
     loss, grad = fastctc.ctc_loss_and_grad(
-        lp2, target, il, tl, blank=p["blank"], reduction=p["reduction"],
+        lp2,
+        target,
+        il,
+        tl,
+        blank=p["blank"],
+        reduction=p["reduction"],
         zero_infinity=p["zero_infinity"],
     )
     assert loss.shape == () and grad.shape == lp2.shape
@@ -160,11 +169,17 @@ def test_unbatched_matches_reference(p):
 def test_forms_and_layouts_give_identical_results(p):
     """Padded vs concatenated targets, any memory layout, any length type: same bits."""
     case, lp, targets, il, tl = build(p)
-    options = {"blank": p["blank"], "reduction": p["reduction"],
-               "zero_infinity": p["zero_infinity"]}
+    options = {
+        "blank": p["blank"],
+        "reduction": p["reduction"],
+        "zero_infinity": p["zero_infinity"],
+    }
     got = fastctc.ctc_loss_and_grad(lp, targets, il, tl, **options)
     canonical = fastctc.ctc_loss_and_grad(
-        np.ascontiguousarray(lp), case.padded(0), case.input_lengths, case.target_lengths,
+        np.ascontiguousarray(lp),
+        case.padded(0),
+        case.input_lengths,
+        case.target_lengths,
         **options,
     )
     np.testing.assert_array_equal(got[0], canonical[0])
@@ -176,8 +191,11 @@ def test_forms_and_layouts_give_identical_results(p):
 def test_gradient_conventions_differ_by_scaled_probabilities(p):
     """logits-grad - log_probs-grad = scale_n * exp(log_probs) on valid, finite frames."""
     case, lp, targets, il, tl = build(p)
-    options = {"blank": p["blank"], "reduction": p["reduction"],
-               "zero_infinity": p["zero_infinity"]}
+    options = {
+        "blank": p["blank"],
+        "reduction": p["reduction"],
+        "zero_infinity": p["zero_infinity"],
+    }
     losses = fastctc.ctc_loss(lp, targets, il, tl, blank=p["blank"], reduction="none")
     _, g_lp = fastctc.ctc_loss_and_grad(lp, targets, il, tl, grad_wrt="log_probs", **options)
     _, g_lo = fastctc.ctc_loss_and_grad(lp, targets, il, tl, grad_wrt="logits", **options)

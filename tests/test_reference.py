@@ -122,9 +122,9 @@ def test_reference_gradient_finite_differences():
             plus, minus = lp.copy(), lp.copy()
             plus[t, c] += eps
             minus[t, c] -= eps
-            numeric[t, c] = (
-                ctc_sample(plus, target).loss - ctc_sample(minus, target).loss
-            ) / (2 * eps)
+            numeric[t, c] = (ctc_sample(plus, target).loss - ctc_sample(minus, target).loss) / (
+                2 * eps
+            )
     np.testing.assert_allclose(-ref.gamma, numeric, atol=1e-7)
 
 

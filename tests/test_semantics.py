@@ -65,9 +65,7 @@ def test_known_small_values_and_gradients(dtype):
     lp = np.log(P)[:, None, :].repeat(4, axis=1).astype(dtype)
     targets = np.array([[1, 0], [1, 2], [1, 1], [0, 0]])  # padding is 0
     target_lengths = [1, 2, 2, 0]
-    loss, grad = loss_and_grad(
-        lp, targets, [2, 2, 2, 2], target_lengths, reduction="none"
-    )
+    loss, grad = loss_and_grad(lp, targets, [2, 2, 2, 2], target_lengths, reduction="none")
     p = P
     z1 = p[0, 1] * p[1, 1] + p[0, 0] * p[1, 1] + p[0, 1] * p[1, 0]  # (1,1) (0,1) (1,0)
     expected = [-math.log(z1), -math.log(p[0, 1] * p[1, 2]), math.inf, -math.log(p[0, 0] * p[1, 0])]
@@ -156,8 +154,9 @@ def test_impossible_targets_are_infinite(dtype):
         assert np.all(np.isnan(grad[:length, n])), n
         assert np.all(grad[length:, n] == 0), n
     for reduction in ("sum", "mean"):
-        assert np.isposinf(fastctc.ctc_loss(lp, targets, input_lengths, target_lengths,
-                                            reduction=reduction))
+        assert np.isposinf(
+            fastctc.ctc_loss(lp, targets, input_lengths, target_lengths, reduction=reduction)
+        )
 
 
 @pytest.mark.parametrize("blank", [0, 2])
@@ -166,16 +165,16 @@ def test_empty_target_is_sum_of_blank_log_probs(blank, rng):
     lp = rng.normal(scale=3.0, size=(6, 3, 4)) + 1.0
     input_lengths = np.array([6, 3, 1])
     junk = np.array([[3, 1], [1, 1], [7, -5]])  # never read: all target lengths are 0
-    loss, grad = loss_and_grad(lp, junk, input_lengths, [0, 0, 0], blank=blank,
-                               reduction="none")
+    loss, grad = loss_and_grad(lp, junk, input_lengths, [0, 0, 0], blank=blank, reduction="none")
     expected = [-lp[:length, n, blank].sum() for n, length in enumerate(input_lengths)]
     np.testing.assert_allclose(loss, expected, rtol=1e-12)
     expected_grad = np.zeros_like(lp)
     for n, length in enumerate(input_lengths):
         expected_grad[:length, n, blank] = -1.0
     np.testing.assert_array_equal(grad, expected_grad)
-    _, grad_logits = loss_and_grad(lp, junk, input_lengths, [0, 0, 0], blank=blank,
-                                   reduction="none", grad_wrt="logits")
+    _, grad_logits = loss_and_grad(
+        lp, junk, input_lengths, [0, 0, 0], blank=blank, reduction="none", grad_wrt="logits"
+    )
     expected_logits = np.exp(lp) + expected_grad
     for n, length in enumerate(input_lengths):
         expected_logits[length:, n] = 0.0
@@ -193,8 +192,9 @@ def test_zero_input_length(dtype):
     assert np.all(grad[:, 0] == 0) and np.all(grad[:, 1] == 0)  # no valid frames
     assert np.all(np.isfinite(grad[:, 2]))
 
-    loss, grad = loss_and_grad(lp, targets, [0, 0, 4], [0, 2, 1], reduction="none",
-                               zero_infinity=True)
+    loss, grad = loss_and_grad(
+        lp, targets, [0, 0, 4], [0, 2, 1], reduction="none", zero_infinity=True
+    )
     assert loss[0] == 0.0 and loss[1] == 0.0
     assert np.all(grad[:, :2] == 0)
 
@@ -237,8 +237,9 @@ def test_zero_infinity(reduction, dtype, rng):
     lp = log_softmax(rng.normal(size=(4, 3, 3))).astype(dtype)
     targets = np.array([[1, 2], [1, 1], [2, 1]])
     input_lengths, target_lengths = [4, 2, 3], [2, 2, 1]  # sample 1 is impossible
-    loss, grad = loss_and_grad(lp, targets, input_lengths, target_lengths,
-                               reduction=reduction, zero_infinity=True)
+    loss, grad = loss_and_grad(
+        lp, targets, input_lengths, target_lengths, reduction=reduction, zero_infinity=True
+    )
     l0 = brute_force_sample(lp[:4, 0].astype(np.float64), [1, 2])[0]
     l2 = brute_force_sample(lp[:3, 2].astype(np.float64), [2])[0]
     tol = 1e-12 if dtype == np.float64 else 1e-5
@@ -251,8 +252,9 @@ def test_zero_infinity(reduction, dtype, rng):
     assert np.all(grad[:, 1] == 0)
     assert np.all(np.isfinite(grad))
 
-    loss, grad = loss_and_grad(lp, targets, input_lengths, target_lengths,
-                               reduction=reduction, zero_infinity=False)
+    loss, grad = loss_and_grad(
+        lp, targets, input_lengths, target_lengths, reduction=reduction, zero_infinity=False
+    )
     if reduction == "none":
         assert np.isposinf(loss[1]) and np.isfinite(loss[0]) and np.isfinite(loss[2])
     else:
@@ -266,8 +268,9 @@ def test_zero_infinity_keeps_nan(rng):
     lp = log_softmax(rng.normal(size=(4, 2, 3)))
     lp[1, 0, :] = np.nan
     for zero_infinity in (False, True):
-        loss = fastctc.ctc_loss(lp, np.array([[1], [2]]), [4, 4], [1, 1], reduction="none",
-                                zero_infinity=zero_infinity)
+        loss = fastctc.ctc_loss(
+            lp, np.array([[1], [2]]), [4, 4], [1, 1], reduction="none", zero_infinity=zero_infinity
+        )
         assert np.isnan(loss[0])
         assert np.isfinite(loss[1])
 
@@ -319,10 +322,22 @@ def test_frames_past_input_length_are_never_read(grad_wrt, rng):
     poisoned = case.log_probs.copy()
     for n, length in enumerate(case.input_lengths):
         poisoned[length:, n, :] = np.nan
-    clean = loss_and_grad(case.log_probs, case.padded(), case.input_lengths,
-                          case.target_lengths, reduction="none", grad_wrt=grad_wrt)
-    got = loss_and_grad(poisoned, case.padded(), case.input_lengths, case.target_lengths,
-                        reduction="none", grad_wrt=grad_wrt)
+    clean = loss_and_grad(
+        case.log_probs,
+        case.padded(),
+        case.input_lengths,
+        case.target_lengths,
+        reduction="none",
+        grad_wrt=grad_wrt,
+    )
+    got = loss_and_grad(
+        poisoned,
+        case.padded(),
+        case.input_lengths,
+        case.target_lengths,
+        reduction="none",
+        grad_wrt=grad_wrt,
+    )
     np.testing.assert_array_equal(got[0], clean[0])
     np.testing.assert_array_equal(got[1], clean[1])
 
@@ -333,8 +348,14 @@ def test_frames_past_input_length_are_never_read(grad_wrt, rng):
 def test_grad_is_exactly_zero_past_input_length(reduction, grad_wrt, dtype, rng):
     case = make_case(rng, 12, 6, 5, 4, feasible=False)
     lp = case.log_probs.astype(dtype)
-    _, grad = loss_and_grad(lp, case.padded(), case.input_lengths, case.target_lengths,
-                            reduction=reduction, grad_wrt=grad_wrt)
+    _, grad = loss_and_grad(
+        lp,
+        case.padded(),
+        case.input_lengths,
+        case.target_lengths,
+        reduction=reduction,
+        grad_wrt=grad_wrt,
+    )
     for n, length in enumerate(case.input_lengths):
         assert np.all(grad[length:, n] == 0), (n, length)
 
@@ -452,3 +473,26 @@ def test_unbatched_empty_target():
     lp = np.log(np.full((3, 2), 0.5))
     loss = fastctc.ctc_loss(lp, np.array([], dtype=np.int64), 3, 0, reduction="none")
     assert float(loss) == pytest.approx(3 * math.log(2), rel=1e-12)
+    loss = fastctc.ctc_loss(lp, [], 3, 0, reduction="none")  # an empty list is no float array
+    assert float(loss) == pytest.approx(3 * math.log(2), rel=1e-12)
+
+
+def test_non_native_byte_order(rng):
+    case = make_case(rng, 7, 3, 5, 3)
+    args = (case.input_lengths, case.target_lengths)
+    expected = loss_and_grad(case.log_probs, case.padded(0), *args, reduction="none")
+    swapped_lp = case.log_probs.astype(case.log_probs.dtype.newbyteorder(">"))
+    swapped_targets = case.padded(0).astype(np.dtype(np.int32).newbyteorder(">"))
+    got = loss_and_grad(swapped_lp, swapped_targets, *args, reduction="none")
+    assert got[0].dtype == np.float64 and got[1].dtype == np.float64
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_targets_as_nested_lists(rng):
+    case = make_case(rng, 6, 2, 4, 3)
+    args = (case.log_probs,)
+    lengths = (case.input_lengths.tolist(), case.target_lengths.tolist())
+    expected = fastctc.ctc_loss(*args, case.padded(1), *lengths, reduction="none")
+    got = fastctc.ctc_loss(*args, case.padded(1).tolist(), *lengths, reduction="none")
+    np.testing.assert_array_equal(got, expected)

@@ -59,6 +59,9 @@ def _int_array(value: object, name: str) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError) as error:
         raise CTCInputError(f"{name}: cannot be read as an integer array ({error})") from None
+    if array.dtype == object and array.size and all(isinstance(v, int) for v in array.flat):
+        big = max(array.flat, key=abs)
+        raise CTCInputError(f"{name}: value {big} does not fit in a 64-bit integer")
     if array.dtype.kind not in "iu":
         # An empty Python list has no dtype of its own: numpy guesses float64.
         if not is_array and array.size == 0 and array.dtype.kind == "f":
@@ -87,13 +90,13 @@ def _lengths(value: Lengths, name: str, batched: bool) -> np.ndarray:
 
 def _log_probs(log_probs: npt.ArrayLike) -> np.ndarray:
     array = np.asarray(log_probs)
+    if array.dtype.kind == "f" and array.dtype.itemsize in (4, 8) and not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype not in (np.float32, np.float64):
         raise CTCTypeError(
             f"log_probs: expected dtype float32 or float64, got {array.dtype}"
             + (" (cast to float32 first)" if array.dtype.kind == "f" else "")
         )
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim not in (2, 3):
         raise CTCInputError(
             f"log_probs: expected shape (T, N, C) or unbatched (T, C), got a {array.ndim}-D "
@@ -136,6 +139,8 @@ def _run(
         blank = operator.index(blank)
     except TypeError:
         raise CTCTypeError(f"blank: expected an integer, got {type(blank).__name__}") from None
+    if not -(2**63) <= blank < 2**63:
+        raise CTCInputError(f"blank: {blank} is outside [-C, C) for C={lp.shape[-1]} classes")
     reduction = _check_str(reduction, "reduction")
     grad_wrt = _check_str(grad_wrt, "grad_wrt")
     device = _check_str(device, "device")

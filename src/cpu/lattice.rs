@@ -2,14 +2,21 @@
 //! frame's occupancy and gradient row without a beta table.
 //!
 //! Extended states: `s = 0..2L+1`; even states are the blank, odd state `2j+1` is label `j`.
-//! All values are natural logs. Each stored row is shifted by its own maximum (the per-frame
-//! normaliser), so float32 rows keep full precision over any length; the shifts are summed in
-//! float64.
+//! All values are natural logs. The loops run over contiguous, equally long slices with no
+//! branches, so LLVM vectorises them (see `dispatch.rs` for the instruction sets).
+//!
+//! Numerics: row `t` of the forward table is stored shifted by the running sum of earlier
+//! row maxima (kept in float64), so stored values stay near 0 and float32 keeps its precision
+//! over any length. The backward rows are shifted the same way. The occupancy of a frame is
+//! `softmax_s(alpha[t][s] + beta[t][s])`: exact, and independent of every shift.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::fastmath::FastMath;
 use crate::options::GradWrt;
-use crate::real::Real;
+
+/// Leading (forward) or trailing (backward) `-inf` pads, so `s - 2` and `s + 2` need no checks.
+const PAD: usize = 2;
 
 /// One sample, as the kernels see it.
 pub struct SampleRef<'p, F> {
@@ -19,7 +26,7 @@ pub struct SampleRef<'p, F> {
     pub input_len: usize,
     /// Target labels, each in `[0, C)` and not the blank (validated).
     pub labels: &'p [u32],
-    /// Blank class.
+    /// Blank class, in `[0, C)`.
     pub blank: usize,
 }
 
@@ -32,61 +39,51 @@ pub struct GradSpec<F> {
     pub zero_infinity: bool,
 }
 
-/// Scratch memory reused across samples (one per worker).
+/// Scratch memory reused across samples and calls (one per worker thread).
+///
+/// The recursion runs in float64 whatever the input type: float32 inputs then lose nothing
+/// to accumulated rounding (a float32 recursion drifts by ~|alpha| * 6e-8 per frame on
+/// states far below the row maximum, 2e-4 on peaked inputs at T=5000). Only the forward
+/// table is stored in the input type: one rounding per entry, no accumulation.
 #[derive(Debug, Default)]
 pub struct Workspace<F> {
-    /// Forward rows: all of them for the gradient, two for the loss alone.
-    alpha: Vec<F>,
-    /// Two backward rows.
-    beta: Vec<F>,
-    /// Emissions of frame t (and t+1 in the backward sweep): blank then each label.
-    emit: Vec<F>,
-    emit_next: Vec<F>,
+    /// Forward table, row `t` holds frame `t`'s normalised log-alphas (width `states`).
+    table: Vec<F>,
+    /// Two running forward rows, width `states + PAD`, state `s` at `PAD + s`.
+    alpha: Vec<f64>,
+    /// Two running backward rows, width `states + PAD`, state `s` at `s`.
+    beta: Vec<f64>,
+    /// `beta[t+1][s] + emission[t+1][s]`, width `states + PAD`.
+    next_weighted: Vec<f64>,
+    /// Emissions of one frame, per extended state.
+    emit: Vec<f64>,
+    /// Additive mask: 0 where state `s` may be entered from `s - 2`, else `-inf`; width
+    /// `states + PAD`.
+    skip: Vec<f64>,
     /// Per-state occupancy of the current frame.
-    occupancy: Vec<F>,
+    occupancy: Vec<f64>,
 }
 
-impl<F: Real> Workspace<F> {
+impl<F: FastMath> Workspace<F> {
     pub fn new() -> Self {
         Workspace {
+            table: Vec::new(),
             alpha: Vec::new(),
             beta: Vec::new(),
+            next_weighted: Vec::new(),
             emit: Vec::new(),
-            emit_next: Vec::new(),
+            skip: Vec::new(),
             occupancy: Vec::new(),
         }
     }
 }
 
-/// The label carried by extended state `s`.
-#[inline(always)]
-fn class_of(labels: &[u32], blank: usize, s: usize) -> usize {
-    if s % 2 == 0 {
-        blank
-    } else {
-        labels[s / 2] as usize
-    }
+fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
+    buffer.clear();
+    buffer.resize(len, value);
 }
 
-/// Whether state `s` may be entered from `s - 2` (skipping a blank): only a label state whose
-/// label differs from the previous label.
-#[inline(always)]
-fn can_skip_into(labels: &[u32], s: usize) -> bool {
-    s % 2 == 1 && s >= 3 && labels[s / 2] != labels[s / 2 - 1]
-}
-
-/// The emission of state `s`, from a frame's gathered emissions (`[blank, label_0, ...]`).
-#[inline(always)]
-fn emission<F: Copy>(emit: &[F], s: usize) -> F {
-    if s % 2 == 0 {
-        emit[0]
-    } else {
-        emit[s / 2 + 1]
-    }
-}
-
-/// States that are both reachable from the start at frame `t` and can still reach the end:
-/// the feasible band `lo..=hi`.
+/// States that are both reachable from the start at frame `t` and can still reach the end.
 #[inline(always)]
 fn band(t: usize, input_len: usize, states: usize) -> (usize, usize) {
     let lo = states.saturating_sub(2 * (input_len - t));
@@ -94,78 +91,130 @@ fn band(t: usize, input_len: usize, states: usize) -> (usize, usize) {
     (lo, hi)
 }
 
-#[inline(always)]
-fn max_ignoring_nan<F: Real>(values: &[F]) -> F {
-    let mut m = F::NEG_INFINITY;
-    for &v in values {
-        if v > m {
-            m = v;
-        }
-    }
-    m
-}
-
-#[inline(always)]
-fn log_add<F: Real>(a: F, b: F) -> F {
-    let m = if b > a { b } else { a };
-    if m == F::NEG_INFINITY {
-        return m;
-    }
-    m + ((a - m).exp() + (b - m).exp()).ln()
-}
-
-#[inline(always)]
-fn log_add3<F: Real>(a: F, b: F, c: F) -> F {
-    let mut m = if b > a { b } else { a };
-    if c > m {
-        m = c;
-    }
-    if m == F::NEG_INFINITY {
-        return m;
-    }
-    m + ((a - m).exp() + (b - m).exp() + (c - m).exp()).ln()
-}
-
-fn gather<F: Real>(x: &SampleRef<'_, F>, t: usize, out: &mut [F]) {
-    let row = x.log_probs.row(t);
-    out[0] = row[x.blank];
-    for (slot, &label) in out[1..].iter_mut().zip(x.labels) {
-        *slot = row[label as usize];
-    }
-}
-
 /// The number of frames a target needs: one per label plus one blank between equal neighbours.
 fn min_frames(labels: &[u32]) -> usize {
     labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
 }
 
-/// What a frame's maximum says about the whole sample.
-enum FrameStatus {
-    Finite,
-    /// Every state is -inf: no alignment survives.
-    Impossible,
-    /// A NaN (or +inf) reached the lattice.
-    Nan,
+#[inline(always)]
+fn log_add(a: f64, b: f64) -> f64 {
+    let m = a.fmax(b);
+    let low = a.fmin(b);
+    let safe = if m == f64::NEG_INFINITY { 0.0 } else { m };
+    let out = safe + (low - safe).fast_exp().ln_1p();
+    if m == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
+    } else {
+        out
+    }
 }
 
-fn frame_status<F: Real>(max: F, row: &[F]) -> FrameStatus {
-    if max == F::NEG_INFINITY {
-        if row.iter().any(|v| v.is_nan()) {
-            FrameStatus::Nan
-        } else {
-            FrameStatus::Impossible
-        }
-    } else if max.to_f64() == f64::INFINITY {
-        FrameStatus::Nan
+/// `ln(e^a + e^b + e^c)` with two exps and one log; inputs are finite or `-inf`.
+#[inline(always)]
+fn log_add3(a: f64, b: f64, c: f64) -> f64 {
+    let p = a.fmax(b);
+    let q = a.fmin(b);
+    let m = p.fmax(c);
+    let r = p.fmin(c);
+    let safe = if m == f64::NEG_INFINITY { 0.0 } else { m };
+    let rest = (q - safe).fast_exp() + (r - safe).fast_exp();
+    let out = safe + rest.ln_1p();
+    if m == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
     } else {
-        FrameStatus::Finite
+        out
+    }
+}
+
+#[inline(always)]
+fn max_of(values: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [f64::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.fmax(v);
+        }
+    }
+    let mut m = f64::NEG_INFINITY;
+    for &v in acc.iter().chain(rest) {
+        m = m.fmax(v);
+    }
+    m
+}
+
+#[inline(always)]
+fn sum_of(values: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v;
+        }
+    }
+    let mut total = 0.0;
+    for &v in acc.iter().chain(rest) {
+        total += v;
+    }
+    total
+}
+
+/// Fills `emit[lo..=hi]` with frame `t`'s emission of each state. Returns false when a
+/// value is NaN or `+inf`: such an input makes the loss NaN.
+#[inline(always)]
+fn gather<F: FastMath>(
+    x: &SampleRef<'_, F>,
+    t: usize,
+    lo: usize,
+    hi: usize,
+    emit: &mut [f64],
+) -> bool {
+    let row = x.log_probs.row(t);
+    let mut finite_or_neg_inf = true;
+    for (s, slot) in emit.iter_mut().enumerate().take(hi + 1).skip(lo) {
+        let class = if s % 2 == 0 {
+            x.blank
+        } else {
+            x.labels[s / 2] as usize
+        };
+        let v = row[class].to_f64();
+        finite_or_neg_inf &= v < f64::INFINITY;
+        *slot = v;
+    }
+    finite_or_neg_inf
+}
+
+/// Prepares the skip mask of a target.
+fn fill_skip(labels: &[u32], skip: &mut Vec<f64>) {
+    let states = 2 * labels.len() + 1;
+    reset(skip, states + PAD, f64::NEG_INFINITY);
+    for j in 1..labels.len() {
+        if labels[j] != labels[j - 1] {
+            skip[2 * j + 1] = 0.0;
+        }
+    }
+}
+
+/// Mutable row `a` and shared row `b` (`a != b`) of a row-major buffer.
+#[inline(always)]
+fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T], &[T]) {
+    if a > b {
+        let (head, tail) = buffer.split_at_mut(a * width);
+        (&mut tail[..width], &head[b * width..(b + 1) * width])
+    } else {
+        let (head, tail) = buffer.split_at_mut(b * width);
+        (&mut head[a * width..(a + 1) * width], &tail[..width])
     }
 }
 
 /// Runs the forward recursion and returns the log-likelihood (`-inf` when no alignment
-/// exists, NaN when a NaN was read). With `keep_table`, `ws.alpha` holds every normalised row
-/// (row `t` at `t * states`); otherwise only two rows are kept.
-fn forward<F: Real>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_table: bool) -> f64 {
+/// exists, NaN when a NaN or `+inf` was read). With `keep_table`, `ws.table` keeps every
+/// normalised row.
+#[inline(always)]
+pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_table: bool) -> f64 {
     let t_len = x.input_len;
     let labels = x.labels;
     if t_len == 0 {
@@ -179,90 +228,69 @@ fn forward<F: Real>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_table: boo
         return f64::NEG_INFINITY;
     }
     let states = 2 * labels.len() + 1;
-    let rows = if keep_table { t_len } else { 2 };
-    ws.alpha.clear();
-    ws.alpha.resize(rows * states, F::NEG_INFINITY);
-    ws.emit.clear();
-    ws.emit.resize(labels.len() + 1, F::ZERO);
+    let width = states + PAD;
+    reset(&mut ws.alpha, 2 * width, f64::NEG_INFINITY);
+    reset(&mut ws.emit, states, 0.0);
+    if keep_table {
+        reset(&mut ws.table, t_len * states, F::NEG_INFINITY);
+    }
+    fill_skip(labels, &mut ws.skip);
 
     let mut log_scale = 0.0f64;
     for t in 0..t_len {
-        gather(x, t, &mut ws.emit);
         let (lo, hi) = band(t, t_len, states);
-        let cur_row = if keep_table { t } else { t % 2 };
-        let prev_row = if keep_table {
-            t.wrapping_sub(1)
-        } else {
-            (t + 1) % 2
-        };
-        let (cur, prev): (&mut [F], &[F]) = if t == 0 {
-            (&mut ws.alpha[..states], &[])
-        } else if cur_row > prev_row {
-            let (head, tail) = ws.alpha.split_at_mut(cur_row * states);
-            (
-                &mut tail[..states],
-                &head[prev_row * states..prev_row * states + states],
-            )
-        } else {
-            let (head, tail) = ws.alpha.split_at_mut(prev_row * states);
-            (
-                &mut head[cur_row * states..cur_row * states + states],
-                &tail[..states],
-            )
-        };
-
-        cur[..lo].fill(F::NEG_INFINITY);
-        cur[hi + 1..].fill(F::NEG_INFINITY);
+        if !gather(x, t, lo, hi, &mut ws.emit) {
+            return f64::NAN;
+        }
+        let (cur, prev) = two_rows(&mut ws.alpha, t % 2, (t + 1) % 2, width);
+        // The row is reused: clear what this frame does not write.
+        cur[..PAD + lo].fill(f64::NEG_INFINITY);
+        cur[PAD + hi + 1..].fill(f64::NEG_INFINITY);
+        let n = hi + 1 - lo;
+        let emit = &ws.emit[lo..lo + n];
+        let out = &mut cur[PAD + lo..PAD + lo + n];
         if t == 0 {
-            for (s, slot) in cur.iter_mut().enumerate().take(hi + 1).skip(lo) {
-                *slot = emission(&ws.emit, s);
-            }
+            out.copy_from_slice(emit);
         } else {
-            for s in lo..=hi {
-                let stay = prev[s];
-                let step = if s >= 1 { prev[s - 1] } else { F::NEG_INFINITY };
-                let incoming = if can_skip_into(labels, s) {
-                    log_add3(stay, step, prev[s - 2])
-                } else {
-                    log_add(stay, step)
-                };
-                cur[s] = incoming + emission(&ws.emit, s);
+            let stay = &prev[PAD + lo..PAD + lo + n];
+            let step = &prev[PAD + lo - 1..PAD + lo - 1 + n];
+            let jump = &prev[PAD + lo - 2..PAD + lo - 2 + n];
+            let mask = &ws.skip[lo..lo + n];
+            for i in 0..n {
+                out[i] = log_add3(stay[i], step[i], jump[i] + mask[i]) + emit[i];
             }
         }
-        let m = max_ignoring_nan(&cur[lo..=hi]);
-        match frame_status(m, &cur[lo..=hi]) {
-            FrameStatus::Finite => {}
-            FrameStatus::Impossible => return f64::NEG_INFINITY,
-            FrameStatus::Nan => return f64::NAN,
+        let m = max_of(out);
+        if m == f64::NEG_INFINITY {
+            return f64::NEG_INFINITY;
         }
-        for v in &mut cur[lo..=hi] {
-            *v -= m;
+        if t + 1 < t_len {
+            for v in out.iter_mut() {
+                *v -= m;
+            }
+            log_scale += m;
         }
-        log_scale += m.to_f64();
+        if keep_table {
+            let row = &mut ws.table[t * states + lo..t * states + lo + n];
+            for (slot, &v) in row.iter_mut().zip(out.iter()) {
+                *slot = F::from_f64(v);
+            }
+        }
     }
 
-    let last_row = if keep_table {
-        t_len - 1
-    } else {
-        (t_len - 1) % 2
-    };
-    let last = &ws.alpha[last_row * states..last_row * states + states];
+    let last = &ws.alpha[((t_len - 1) % 2) * width + PAD..((t_len - 1) % 2 + 1) * width];
     let end = if states > 1 {
         log_add(last[states - 1], last[states - 2])
     } else {
         last[0]
     };
-    log_scale + end.to_f64()
-}
-
-/// The log-likelihood of a sample's target, keeping two lattice rows.
-pub fn log_likelihood<F: Real>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
-    forward(x, ws, false)
+    log_scale + end
 }
 
 /// The log-likelihood, and the gradient rows `0..input_len` of `grad` (`(T, C)`, rows
-/// contiguous); rows past the input length are left untouched.
-pub fn log_likelihood_and_grad<F: Real>(
+/// contiguous, zero on entry); rows past the input length are left untouched.
+#[inline(always)]
+pub fn forward_backward<F: FastMath>(
     x: &SampleRef<'_, F>,
     ws: &mut Workspace<F>,
     mut grad: ArrayViewMut2<'_, F>,
@@ -287,89 +315,88 @@ pub fn log_likelihood_and_grad<F: Real>(
 
     let labels = x.labels;
     let states = 2 * labels.len() + 1;
-    ws.beta.clear();
-    ws.beta.resize(2 * states, F::NEG_INFINITY);
-    ws.occupancy.clear();
-    ws.occupancy.resize(states, F::ZERO);
-    ws.emit_next.clear();
-    ws.emit_next.resize(labels.len() + 1, F::ZERO);
+    let width = states + PAD;
+    reset(&mut ws.beta, 2 * width, f64::NEG_INFINITY);
+    reset(&mut ws.next_weighted, width, f64::NEG_INFINITY);
+    reset(&mut ws.occupancy, states, 0.0);
+    let scale = spec.scale.to_f64();
 
-    // beta[t][s]: log-probability of emitting frames t+1.. from state s at t, row-normalised.
-    // The occupancy of a frame is softmax_s(alpha[t][s] + beta[t][s]): exact, and it needs
-    // neither the row shifts nor the likelihood.
     for t in (0..t_len).rev() {
         let (lo, hi) = band(t, t_len, states);
-        let (cur, next) = {
-            let (a, b) = ws.beta.split_at_mut(states);
-            if t % 2 == 0 {
-                (a, &*b)
-            } else {
-                (b, &*a)
-            }
-        };
-        cur.fill(F::NEG_INFINITY);
-        if t == t_len - 1 {
-            cur[states - 1] = F::ZERO;
+        let n = hi + 1 - lo;
+        let (cur, next) = two_rows(&mut ws.beta, t % 2, (t + 1) % 2, width);
+        cur.fill(f64::NEG_INFINITY);
+        if t + 1 == t_len {
+            cur[states - 1] = 0.0;
             if states > 1 {
-                cur[states - 2] = F::ZERO;
+                cur[states - 2] = 0.0;
             }
         } else {
-            // ws.emit_next holds frame t+1's emissions.
-            let em = &ws.emit_next;
-            for s in lo..=hi {
-                let stay = next[s] + emission(em, s);
-                let step = if s + 1 < states {
-                    next[s + 1] + emission(em, s + 1)
-                } else {
-                    F::NEG_INFINITY
-                };
-                cur[s] = if s + 2 < states && can_skip_into(labels, s + 2) {
-                    log_add3(stay, step, next[s + 2] + emission(em, s + 2))
-                } else {
-                    log_add(stay, step)
-                };
+            // ws.emit holds frame t+1's emissions on band(t+1): every state this frame
+            // reads with a finite beta.
+            let top = (hi + PAD).min(states - 1);
+            let w = &mut ws.next_weighted;
+            for s in lo..=top {
+                w[s] = next[s] + ws.emit[s];
             }
-            let m = max_ignoring_nan(&cur[lo..=hi]);
-            if m > F::NEG_INFINITY {
-                for v in &mut cur[lo..=hi] {
-                    *v -= m;
-                }
+            // Entries above `top` are stale or padding; `top` already reaches hi + 2.
+            w[top + 1..].fill(f64::NEG_INFINITY);
+            let m = max_of(&w[lo..=top]);
+            let stay = &w[lo..lo + n];
+            let step = &w[lo + 1..lo + 1 + n];
+            let jump = &w[lo + 2..lo + 2 + n];
+            let mask = &ws.skip[lo + 2..lo + 2 + n];
+            let out = &mut cur[lo..lo + n];
+            for i in 0..n {
+                out[i] = log_add3(stay[i], step[i], jump[i] + mask[i]) - m;
             }
         }
 
-        let alpha = &ws.alpha[t * states..(t + 1) * states];
-        let occ = &mut ws.occupancy[..];
-        let mut m = F::NEG_INFINITY;
-        for s in lo..=hi {
-            let v = alpha[s] + cur[s];
-            occ[s] = v;
-            if v > m {
-                m = v;
-            }
+        // Occupancy of frame t: softmax over the band of alpha + beta.
+        let alpha = &ws.table[t * states + lo..t * states + lo + n];
+        let occ = &mut ws.occupancy[lo..lo + n];
+        let b = &cur[lo..lo + n];
+        for i in 0..n {
+            occ[i] = alpha[i].to_f64() + b[i];
         }
-        let mut total = F::ZERO;
-        for v in &mut occ[lo..=hi] {
-            *v = (*v - m).exp();
-            total += *v;
+        let m = max_of(occ);
+        for v in occ.iter_mut() {
+            *v = (*v - m).fast_exp();
         }
-        let weight = spec.scale.to_f64() / total.to_f64();
-        let weight = F::from_f64(weight);
+        let weight = scale / sum_of(occ);
 
         let mut row = grad.row_mut(t);
-        match spec.wrt {
-            GradWrt::LogProbs => row.fill(F::ZERO),
-            GradWrt::Logits => {
-                for (g, &lp) in row.iter_mut().zip(x.log_probs.row(t)) {
-                    *g = lp.exp() * spec.scale;
+        if spec.wrt == GradWrt::Logits {
+            let lp = x.log_probs.row(t);
+            match (row.as_slice_mut(), lp.as_slice()) {
+                (Some(out), Some(lp)) => {
+                    for (g, &v) in out.iter_mut().zip(lp) {
+                        *g = v.fast_exp() * spec.scale;
+                    }
+                }
+                _ => {
+                    for (g, &v) in row.iter_mut().zip(lp.iter()) {
+                        *g = v.fast_exp() * spec.scale;
+                    }
                 }
             }
         }
-        for (s, &o) in occ.iter().enumerate().take(hi + 1).skip(lo) {
-            row[class_of(labels, x.blank, s)] -= o * weight;
+        let mut blank_total = 0.0f64;
+        for (i, &o) in occ.iter().enumerate() {
+            let s = lo + i;
+            if s % 2 == 0 {
+                blank_total += o;
+            } else {
+                let class = labels[s / 2] as usize;
+                row[class] -= F::from_f64(o * weight);
+            }
         }
+        row[x.blank] -= F::from_f64(blank_total * weight);
 
-        // Emissions of frame t, for beta[t-1].
-        gather(x, t, &mut ws.emit_next);
+        // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
+        if t > 0 {
+            gather(x, t, lo, hi, &mut ws.emit);
+        }
     }
     log_lik
 }
@@ -379,37 +406,44 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    fn sample(lp: &Array2<f64>, labels: &[u32]) -> f64 {
+    fn loss(lp: &Array2<f64>, labels: &[u32]) -> f64 {
         let x = SampleRef {
             log_probs: lp.view(),
             input_len: lp.nrows(),
             labels,
             blank: 0,
         };
-        log_likelihood(&x, &mut Workspace::new())
+        forward(&x, &mut Workspace::new(), false)
     }
 
     #[test]
     fn uniform_two_frames_one_label() {
         // Paths for target [1] over 2 frames with 2 classes: "1 1", "0 1", "1 0": 3 of 4.
         let lp = Array2::from_elem((2, 2), 0.5f64.ln());
-        let ll = sample(&lp, &[1]);
-        assert!((ll - (3.0f64 / 4.0).ln()).abs() < 1e-12);
+        assert!((loss(&lp, &[1]) - 0.75f64.ln()).abs() < 1e-12);
     }
 
     #[test]
     fn repeated_label_needs_a_blank() {
         let lp = Array2::from_elem((2, 2), 0.5f64.ln());
-        assert_eq!(sample(&lp, &[1, 1]), f64::NEG_INFINITY);
+        assert_eq!(loss(&lp, &[1, 1]), f64::NEG_INFINITY);
         let lp = Array2::from_elem((3, 2), 0.5f64.ln());
         // Only "1 0 1".
-        assert!((sample(&lp, &[1, 1]) - (1.0f64 / 8.0).ln()).abs() < 1e-12);
+        assert!((loss(&lp, &[1, 1]) - 0.125f64.ln()).abs() < 1e-12);
     }
 
     #[test]
     fn empty_target_is_all_blanks() {
         let lp = Array2::from_shape_vec((3, 2), vec![-0.1, -2.0, -0.2, -1.0, -0.3, -1.5]).unwrap();
-        assert!((sample(&lp, &[]) - (-0.6)).abs() < 1e-12);
+        assert!((loss(&lp, &[]) - (-0.6)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nan_in_a_read_emission_gives_nan() {
+        let mut lp = Array2::from_elem((3, 3), (1.0f64 / 3.0).ln());
+        lp[[1, 2]] = f64::NAN;
+        assert!(loss(&lp, &[1, 2]).is_nan());
+        assert!(loss(&lp, &[1]).is_finite());
     }
 
     #[test]
@@ -428,7 +462,7 @@ mod tests {
             scale: 1.0,
             zero_infinity: false,
         };
-        let ll = log_likelihood_and_grad(&x, &mut Workspace::new(), grad.view_mut(), spec);
+        let ll = forward_backward(&x, &mut Workspace::new(), grad.view_mut(), spec);
         assert!(ll.is_finite());
         for row in grad.rows() {
             assert!((row.sum() + 1.0).abs() < 1e-12);

@@ -1,12 +1,17 @@
 //! The CPU backend: samples spread over the thread pool, largest first.
 
+mod dispatch;
+mod fastmath;
 mod lattice;
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 
 use ndarray::{Array3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+pub use dispatch::{level as simd_level, SimdLevel};
+pub use fastmath::FastMath;
 pub use lattice::{GradSpec, SampleRef, Workspace};
 
 use crate::options::Reduction;
@@ -41,6 +46,29 @@ pub fn simd_features() -> Vec<&'static str> {
     found
 }
 
+/// A float the CPU backend computes in: `f32` or `f64`, each with per-thread workspaces that
+/// live as long as the pool's threads, so repeated calls allocate nothing.
+pub trait CpuFloat: FastMath {
+    fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R;
+}
+
+thread_local! {
+    static WORKSPACE_F32: RefCell<Workspace<f32>> = RefCell::new(Workspace::new());
+    static WORKSPACE_F64: RefCell<Workspace<f64>> = RefCell::new(Workspace::new());
+}
+
+impl CpuFloat for f32 {
+    fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
+        WORKSPACE_F32.with(|ws| work(&mut ws.borrow_mut()))
+    }
+}
+
+impl CpuFloat for f64 {
+    fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
+        WORKSPACE_F64.with(|ws| work(&mut ws.borrow_mut()))
+    }
+}
+
 fn sample_ref<'p, F: Real>(problem: &'p Problem<'_, F>, n: usize) -> SampleRef<'p, F> {
     SampleRef {
         log_probs: problem.log_probs.index_axis(Axis(1), n),
@@ -70,7 +98,7 @@ fn schedule<F>(problem: &Problem<'_, F>) -> Vec<usize> {
 }
 
 /// Computes the losses (and, with `with_grad`, the gradient) of a validated batch.
-pub fn compute<F: Real>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<F> {
+pub fn compute<F: CpuFloat>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<F> {
     threads::install(|| {
         if with_grad {
             compute_with_grad(problem)
@@ -80,15 +108,15 @@ pub fn compute<F: Real>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<
     })
 }
 
-fn compute_loss<F: Real>(problem: &Problem<'_, F>) -> CtcOutput<F> {
+fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     let order = schedule(problem);
     let mut by_rank = vec![0.0f64; order.len()];
     by_rank
         .par_iter_mut()
         .with_max_len(1)
         .zip(order.par_iter())
-        .for_each_init(Workspace::new, |ws, (out, &n)| {
-            *out = -lattice::log_likelihood(&sample_ref(problem, n), ws);
+        .for_each(|(out, &n)| {
+            *out = -F::with_workspace(|ws| dispatch::log_likelihood(&sample_ref(problem, n), ws));
         });
     let mut losses = vec![0.0f64; order.len()];
     for (rank, &n) in order.iter().enumerate() {
@@ -97,9 +125,13 @@ fn compute_loss<F: Real>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     CtcOutput::new(problem, losses, None)
 }
 
-fn compute_with_grad<F: Real>(problem: &Problem<'_, F>) -> CtcOutput<F> {
+fn compute_with_grad<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     let (t_max, batch, classes) = problem.dims();
-    let mut grad = Array3::<F>::from_elem((t_max, batch, classes), F::ZERO);
+    // vec! of zeros is calloc: pages the kernel never writes (frames past an input length)
+    // cost nothing.
+    let zeros = vec![F::ZERO; t_max * batch * classes];
+    let mut grad = Array3::from_shape_vec((t_max, batch, classes), zeros)
+        .expect("the buffer has exactly t_max * batch * classes elements");
     let mut losses = vec![0.0f64; batch];
     {
         let mut jobs: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = grad
@@ -109,17 +141,18 @@ fn compute_with_grad<F: Real>(problem: &Problem<'_, F>) -> CtcOutput<F> {
             .map(|(n, (rows, loss))| (n, rows, loss))
             .collect();
         jobs.sort_by_key(|(n, _, _)| Reverse(problem.samples[*n].cost()));
-        jobs.into_par_iter().with_max_len(1).for_each_init(
-            Workspace::new,
-            |ws, (n, rows, loss)| {
+        jobs.into_par_iter()
+            .with_max_len(1)
+            .for_each(|(n, rows, loss)| {
                 let spec = GradSpec {
                     wrt: problem.options.grad_wrt,
                     scale: F::from_f64(grad_scale(problem, n)),
                     zero_infinity: problem.options.zero_infinity,
                 };
-                *loss = -lattice::log_likelihood_and_grad(&sample_ref(problem, n), ws, rows, spec);
-            },
-        );
+                let x = sample_ref(problem, n);
+                *loss =
+                    -F::with_workspace(|ws| dispatch::log_likelihood_and_grad(&x, ws, rows, spec));
+            });
     }
     CtcOutput::new(problem, losses, Some(grad))
 }

@@ -1,0 +1,299 @@
+//! exp and ln written so that LLVM vectorises the loops that call them.
+//!
+//! The library `exp`/`log` are function calls, which stop auto-vectorisation. Here both are
+//! branch-free range reductions plus polynomials, so a loop over a lattice row compiles to
+//! AVX2/AVX-512 code inside a `#[target_feature]` function (see `dispatch.rs`). The lattice
+//! recursion runs in float64 (see `lattice.rs`); float32 versions serve the dense
+//! `exp(log_probs)` pass of the logits gradient. The unit tests bound the error of each
+//! against the standard library.
+
+// Polynomial coefficients are written as published, digits beyond the type's precision
+// included; the compiler rounds them to the nearest representable value.
+#![allow(clippy::excessive_precision)]
+
+/// A float the lattice kernels can run in, with the exp/ln they should use.
+pub trait FastMath: crate::real::Real {
+    /// `exp(x)`: 0 for `-inf`, `inf` on overflow, NaN for NaN.
+    fn fast_exp(self) -> Self;
+    /// `ln(1 + x)` for `x` in `[0, 3]` (a log-sum-exp after the max is taken out), accurate
+    /// for tiny `x`: rounding `1 + x` first would drop `x` below 6e-8, a bias that adds up
+    /// over thousands of frames.
+    fn ln_1p(self) -> Self;
+    /// `max` that compiles to one instruction (returns `b` when either is NaN).
+    #[inline(always)]
+    fn fmax(self, b: Self) -> Self {
+        if self > b {
+            self
+        } else {
+            b
+        }
+    }
+    /// `min` that compiles to one instruction.
+    #[inline(always)]
+    fn fmin(self, b: Self) -> Self {
+        if self < b {
+            self
+        } else {
+            b
+        }
+    }
+}
+
+impl FastMath for f64 {
+    #[inline(always)]
+    fn fast_exp(self) -> Self {
+        exp_f64(self)
+    }
+    #[inline(always)]
+    fn ln_1p(self) -> Self {
+        ln_1p_f64(self)
+    }
+}
+
+impl FastMath for f32 {
+    #[inline(always)]
+    fn fast_exp(self) -> Self {
+        exp_f32(self)
+    }
+    #[inline(always)]
+    fn ln_1p(self) -> Self {
+        ln_1p_f32(self)
+    }
+}
+
+/// 1.5 * 2^52: adding it rounds a double to an integer held in the low mantissa bits.
+const ROUND_MAGIC_F64: f64 = 6_755_399_441_055_744.0;
+const EXP_LO_F64: f64 = -708.0;
+const EXP_HI_F64: f64 = 709.0;
+
+/// `exp(x)` in float64, within a few ulps, branch-free: `x = n ln 2 + r` with
+/// `|r| <= ln(2)/2`, then the Taylor series of `exp(r)` to degree 13 (truncation error below
+/// 2e-16 relative on that interval).
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    const LOG2E: f64 = std::f64::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^11.
+    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let xc = if x < EXP_LO_F64 { EXP_LO_F64 } else { x };
+    let xc = if xc > EXP_HI_F64 { EXP_HI_F64 } else { xc };
+    let shifted = xc * LOG2E + ROUND_MAGIC_F64;
+    let n = shifted - ROUND_MAGIC_F64;
+    let n_int = (shifted.to_bits() as i64).wrapping_sub(ROUND_MAGIC_F64.to_bits() as i64);
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    // Horner on 1/k!, highest degree first.
+    let mut p = 1.0 / 6_227_020_800.0; // 1/13!
+    for inv_factorial in [
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + inv_factorial;
+    }
+    let scale = f64::from_bits(((n_int + 1023) as u64) << 52);
+    let out = p * scale;
+    let out = if x < EXP_LO_F64 { 0.0 } else { out };
+    let out = if x > EXP_HI_F64 { f64::INFINITY } else { out };
+    if x.is_nan() {
+        x
+    } else {
+        out
+    }
+}
+
+/// `ln(1 + x)` in float64 for `x` in `[0, 3]`, within a few ulps, branch-free:
+/// `1 + x = 2^e m` with `m` in `[sqrt(1/2), sqrt(2))`, then
+/// `ln m = 2 atanh(u)`, `u = (m - 1)/(m + 1)`, `|u| < 0.172`, by its odd series to `u^21`.
+#[inline(always)]
+pub fn ln_1p_f64(x: f64) -> f64 {
+    const SQRT_HALF: f64 = std::f64::consts::FRAC_1_SQRT_2;
+    const SQRT2_MINUS_1: f64 = std::f64::consts::SQRT_2 - 1.0;
+    let y = 1.0 + x;
+    let bits = y.to_bits();
+    let e = ((bits >> 52) as i64 - 1023) as f64;
+    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3fe0_0000_0000_0000);
+    let low = m < SQRT_HALF;
+    let e = e + if low { 0.0 } else { 1.0 };
+    let f = if low { m + m - 1.0 } else { m - 1.0 };
+    // Below sqrt(2) - 1 the reduced argument is x itself, exactly.
+    let small = x < SQRT2_MINUS_1;
+    let e = if small { 0.0 } else { e };
+    let f = if small { x } else { f };
+    let u = f / (2.0 + f);
+    let u2 = u * u;
+    let mut p = 1.0 / 21.0;
+    for inv_odd in [
+        1.0 / 19.0,
+        1.0 / 17.0,
+        1.0 / 15.0,
+        1.0 / 13.0,
+        1.0 / 11.0,
+        1.0 / 9.0,
+        1.0 / 7.0,
+        1.0 / 5.0,
+        1.0 / 3.0,
+        1.0,
+    ] {
+        p = p * u2 + inv_odd;
+    }
+    e * std::f64::consts::LN_2 + 2.0 * u * p
+}
+
+/// 1.5 * 2^23: adding it rounds a float to an integer held in the low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+const EXP_LO: f32 = -87.0;
+const EXP_HI: f32 = 88.3;
+
+/// `exp(x)` in float32, about 1 ulp, branch-free.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n * LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+
+    let xc = if x < EXP_LO { EXP_LO } else { x };
+    let xc = if xc > EXP_HI { EXP_HI } else { xc };
+    let shifted = xc * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let y = p * r2 + r + 1.0;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    let out = y * scale;
+    let out = if x < EXP_LO { 0.0 } else { out };
+    let out = if x > EXP_HI { f32::INFINITY } else { out };
+    if x.is_nan() {
+        x
+    } else {
+        out
+    }
+}
+
+/// `ln(1 + x)` in float32 for `x` in `[0, 3]`, about 1 ulp, branch-free.
+#[inline(always)]
+pub fn ln_1p_f32(x: f32) -> f32 {
+    const SQRT2_MINUS_1: f32 = std::f32::consts::SQRT_2 - 1.0;
+    let (e, f) = split_log_argument(1.0 + x);
+    // Below sqrt(2) - 1 the reduced argument is x itself, exactly.
+    let small = x < SQRT2_MINUS_1;
+    let e = if small { 0.0 } else { e };
+    let f = if small { x } else { f };
+    ln_from_parts(e, f)
+}
+
+/// Writes `x = 2^e * (1 + f)` with `1 + f` in `[sqrt(1/2), sqrt(2))`.
+#[inline(always)]
+fn split_log_argument(x: f32) -> (f32, f32) {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let bits = x.to_bits();
+    let e = ((bits >> 23) as i32 - 127) as f32;
+    // Mantissa in [0.5, 1), then moved to [sqrt(1/2), sqrt(2)).
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    let low = m < SQRT_HALF;
+    let e = e + if low { 0.0 } else { 1.0 };
+    let f = if low { m + m - 1.0 } else { m - 1.0 };
+    (e, f)
+}
+
+/// `e * ln 2 + ln(1 + f)` for `1 + f` in `[sqrt(1/2), sqrt(2))`.
+#[inline(always)]
+fn ln_from_parts(e: f32, f: f32) -> f32 {
+    let z = f * f;
+    let y = 7.037_683_6e-2;
+    let y = y * f - 1.151_461e-1;
+    let y = y * f + 1.167_699_9e-1;
+    let y = y * f - 1.242_014_1e-1;
+    let y = y * f + 1.424_932_3e-1;
+    let y = y * f - 1.666_805_8e-1;
+    let y = y * f + 2.000_071_4e-1;
+    let y = y * f - 2.499_999_4e-1;
+    let y = y * f + 3.333_333_1e-1;
+    let y = y * f * z;
+    let y = y + e * -2.121_944_4e-4;
+    let y = y - 0.5 * z;
+    f + y + e * 0.693_359_4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f32, b: f32) -> i64 {
+        (a.to_bits() as i64 - b.to_bits() as i64).abs()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulps_where_normal() {
+        let mut worst = 0;
+        let mut x = -86.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp() as f32;
+            worst = worst.max(ulps(exp_f32(x), want));
+            x += 0.000_37;
+        }
+        assert!(worst <= 2, "worst exp error {worst} ulps");
+    }
+
+    #[test]
+    fn f64_exp_and_ln_1p_are_within_a_few_ulps() {
+        let mut worst = 0.0f64;
+        let mut x = -700.0f64;
+        while x < 700.0 {
+            let want = x.exp();
+            worst = worst.max(((exp_f64(x) - want) / want).abs());
+            x += 0.013_7;
+        }
+        assert!(worst < 1e-15, "exp relative error {worst}");
+        let mut worst = 0.0f64;
+        let mut x = 1e-300f64;
+        while x <= 3.0 {
+            let want = x.ln_1p();
+            worst = worst.max(((ln_1p_f64(x) - want) / want).abs());
+            x = if x < 1e-3 { x * 1.7 } else { x + 1.1e-4 };
+        }
+        assert!(worst < 1e-15, "ln_1p relative error {worst}");
+        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f64(1000.0), f64::INFINITY);
+        assert!(exp_f64(f64::NAN).is_nan());
+        assert_eq!(ln_1p_f64(0.0), 0.0);
+    }
+
+    #[test]
+    fn exp_special_values() {
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-1000.0), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(1000.0), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn ln_1p_keeps_tiny_arguments() {
+        for &x in &[1e-12f32, 3e-8, 1e-5, 0.01, 0.3, 0.5, 1.0, 2.0, 3.0] {
+            let want = (x as f64).ln_1p();
+            let got = ln_1p_f32(x) as f64;
+            assert!(
+                (got - want).abs() <= 2.5e-7 * want,
+                "ln_1p({x}) = {got}, want {want}"
+            );
+        }
+    }
+}
