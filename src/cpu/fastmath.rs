@@ -18,7 +18,13 @@ pub trait FastMath: crate::real::Real {
     /// `ln(1 + x)` for `x` in `[0, 3]` (a log-sum-exp after the max is taken out), accurate
     /// for tiny `x`: rounding `1 + x` first would drop `x` below 6e-8, a bias that adds up
     /// over thousands of frames.
-    fn ln_1p(self) -> Self;
+    fn fast_ln_1p(self) -> Self;
+    /// `exp` used inside the float64 lattice recursion for inputs of this type: full
+    /// precision for float64 inputs; for float32 inputs a shorter polynomial (relative error
+    /// below 1e-9, far under what float32 inputs can resolve) that costs half as much.
+    fn lattice_exp(x: f64) -> f64;
+    /// `ln(1 + x)` for `x` in `[0, 3]`, with the same precision policy as `lattice_exp`.
+    fn lattice_ln_1p(x: f64) -> f64;
     /// `max` that compiles to one instruction (returns `b` when either is NaN).
     #[inline(always)]
     fn fmax(self, b: Self) -> Self {
@@ -45,8 +51,16 @@ impl FastMath for f64 {
         exp_f64(self)
     }
     #[inline(always)]
-    fn ln_1p(self) -> Self {
+    fn fast_ln_1p(self) -> Self {
         ln_1p_f64(self)
+    }
+    #[inline(always)]
+    fn lattice_exp(x: f64) -> f64 {
+        exp_f64(x)
+    }
+    #[inline(always)]
+    fn lattice_ln_1p(x: f64) -> f64 {
+        ln_1p_f64(x)
     }
 }
 
@@ -56,8 +70,16 @@ impl FastMath for f32 {
         exp_f32(self)
     }
     #[inline(always)]
-    fn ln_1p(self) -> Self {
+    fn fast_ln_1p(self) -> Self {
         ln_1p_f32(self)
+    }
+    #[inline(always)]
+    fn lattice_exp(x: f64) -> f64 {
+        exp_f64_degree::<8>(x)
+    }
+    #[inline(always)]
+    fn lattice_ln_1p(x: f64) -> f64 {
+        ln_1p_f64_terms::<6>(x)
     }
 }
 
@@ -71,6 +93,31 @@ const EXP_HI_F64: f64 = 709.0;
 /// 2e-16 relative on that interval).
 #[inline(always)]
 pub fn exp_f64(x: f64) -> f64 {
+    exp_f64_degree::<13>(x)
+}
+
+/// `1/k!` for `k = 0..=13`.
+const INV_FACTORIAL: [f64; 14] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5_040.0,
+    1.0 / 40_320.0,
+    1.0 / 362_880.0,
+    1.0 / 3_628_800.0,
+    1.0 / 39_916_800.0,
+    1.0 / 479_001_600.0,
+    1.0 / 6_227_020_800.0,
+];
+
+/// `exp(x)` with the Taylor polynomial of `exp(r)` cut at `DEGREE` (at most 13); the
+/// relative error is about `0.35^(DEGREE+1) / (DEGREE+1)!` (2e-10 at degree 8).
+#[inline(always)]
+pub fn exp_f64_degree<const DEGREE: usize>(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // ln 2 split so that n * LN2_HI is exact for |n| < 2^11.
     const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
@@ -81,24 +128,9 @@ pub fn exp_f64(x: f64) -> f64 {
     let n = shifted - ROUND_MAGIC_F64;
     let n_int = (shifted.to_bits() as i64).wrapping_sub(ROUND_MAGIC_F64.to_bits() as i64);
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    // Horner on 1/k!, highest degree first.
-    let mut p = 1.0 / 6_227_020_800.0; // 1/13!
-    for inv_factorial in [
-        1.0 / 479_001_600.0,
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
-        1.0 / 362_880.0,
-        1.0 / 40_320.0,
-        1.0 / 5_040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + inv_factorial;
+    let mut p = INV_FACTORIAL[DEGREE];
+    for k in (0..DEGREE).rev() {
+        p = p * r + INV_FACTORIAL[k];
     }
     let scale = f64::from_bits(((n_int + 1023) as u64) << 52);
     let out = p * scale;
@@ -116,35 +148,46 @@ pub fn exp_f64(x: f64) -> f64 {
 /// `ln m = 2 atanh(u)`, `u = (m - 1)/(m + 1)`, `|u| < 0.172`, by its odd series to `u^21`.
 #[inline(always)]
 pub fn ln_1p_f64(x: f64) -> f64 {
-    const SQRT_HALF: f64 = std::f64::consts::FRAC_1_SQRT_2;
+    ln_1p_f64_terms::<11>(x)
+}
+
+/// `ln(1 + x)` with `TERMS` terms of the atanh series (at most 11); the relative error is
+/// about `0.172^(2 TERMS)` (2e-11 at 6 terms).
+#[inline(always)]
+pub fn ln_1p_f64_terms<const TERMS: usize>(x: f64) -> f64 {
     const SQRT2_MINUS_1: f64 = std::f64::consts::SQRT_2 - 1.0;
+    const INV_ODD: [f64; 11] = [
+        1.0,
+        1.0 / 3.0,
+        1.0 / 5.0,
+        1.0 / 7.0,
+        1.0 / 9.0,
+        1.0 / 11.0,
+        1.0 / 13.0,
+        1.0 / 15.0,
+        1.0 / 17.0,
+        1.0 / 19.0,
+        1.0 / 21.0,
+    ];
+    // 1 + x in [1, 4]: halve it once or twice into [sqrt(1/2), sqrt(2)), in float
+    // arithmetic only (vector int-to-float conversions are slow or missing before AVX-512 DQ).
     let y = 1.0 + x;
-    let bits = y.to_bits();
-    let e = ((bits >> 52) as i64 - 1023) as f64;
-    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3fe0_0000_0000_0000);
-    let low = m < SQRT_HALF;
-    let e = e + if low { 0.0 } else { 1.0 };
-    let f = if low { m + m - 1.0 } else { m - 1.0 };
+    let high = y >= 2.0;
+    let m = if high { y * 0.5 } else { y };
+    let e = if high { 1.0 } else { 0.0 };
+    let fold = m >= std::f64::consts::SQRT_2;
+    let m = if fold { m * 0.5 } else { m };
+    let e = if fold { e + 1.0 } else { e };
+    let f = m - 1.0;
     // Below sqrt(2) - 1 the reduced argument is x itself, exactly.
     let small = x < SQRT2_MINUS_1;
     let e = if small { 0.0 } else { e };
     let f = if small { x } else { f };
     let u = f / (2.0 + f);
     let u2 = u * u;
-    let mut p = 1.0 / 21.0;
-    for inv_odd in [
-        1.0 / 19.0,
-        1.0 / 17.0,
-        1.0 / 15.0,
-        1.0 / 13.0,
-        1.0 / 11.0,
-        1.0 / 9.0,
-        1.0 / 7.0,
-        1.0 / 5.0,
-        1.0 / 3.0,
-        1.0,
-    ] {
-        p = p * u2 + inv_odd;
+    let mut p = INV_ODD[TERMS - 1];
+    for k in (0..TERMS - 1).rev() {
+        p = p * u2 + INV_ODD[k];
     }
     e * std::f64::consts::LN_2 + 2.0 * u * p
 }
@@ -274,6 +317,24 @@ mod tests {
         assert_eq!(exp_f64(1000.0), f64::INFINITY);
         assert!(exp_f64(f64::NAN).is_nan());
         assert_eq!(ln_1p_f64(0.0), 0.0);
+    }
+
+    #[test]
+    fn short_f64_versions_are_within_1e9() {
+        let mut x = -700.0f64;
+        while x < 0.0 {
+            let want = x.exp();
+            let err = ((exp_f64_degree::<8>(x) - want) / want).abs();
+            assert!(err < 1e-9, "exp({x}): relative error {err}");
+            x += 0.0371;
+        }
+        let mut x = 1e-12f64;
+        while x <= 3.0 {
+            let want = x.ln_1p();
+            let err = ((ln_1p_f64_terms::<6>(x) - want) / want).abs();
+            assert!(err < 1e-9, "ln_1p({x}): relative error {err}");
+            x = if x < 1e-3 { x * 1.9 } else { x + 3.1e-4 };
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Workspace<F> {
     skip: Vec<f64>,
     /// Per-state occupancy of the current frame.
     occupancy: Vec<f64>,
+    /// The class of each extended state (the blank or a label), each in `[0, C)`.
+    classes: Vec<usize>,
 }
 
 impl<F: FastMath> Workspace<F> {
@@ -74,6 +76,7 @@ impl<F: FastMath> Workspace<F> {
             emit: Vec::new(),
             skip: Vec::new(),
             occupancy: Vec::new(),
+            classes: Vec::new(),
         }
     }
 }
@@ -97,11 +100,11 @@ fn min_frames(labels: &[u32]) -> usize {
 }
 
 #[inline(always)]
-fn log_add(a: f64, b: f64) -> f64 {
+fn log_add<F: FastMath>(a: f64, b: f64) -> f64 {
     let m = a.fmax(b);
     let low = a.fmin(b);
     let safe = if m == f64::NEG_INFINITY { 0.0 } else { m };
-    let out = safe + (low - safe).fast_exp().ln_1p();
+    let out = safe + F::lattice_ln_1p(F::lattice_exp(low - safe));
     if m == f64::NEG_INFINITY {
         f64::NEG_INFINITY
     } else {
@@ -111,14 +114,14 @@ fn log_add(a: f64, b: f64) -> f64 {
 
 /// `ln(e^a + e^b + e^c)` with two exps and one log; inputs are finite or `-inf`.
 #[inline(always)]
-fn log_add3(a: f64, b: f64, c: f64) -> f64 {
+fn log_add3<F: FastMath>(a: f64, b: f64, c: f64) -> f64 {
     let p = a.fmax(b);
     let q = a.fmin(b);
     let m = p.fmax(c);
     let r = p.fmin(c);
     let safe = if m == f64::NEG_INFINITY { 0.0 } else { m };
-    let rest = (q - safe).fast_exp() + (r - safe).fast_exp();
-    let out = safe + rest.ln_1p();
+    let rest = F::lattice_exp(q - safe) + F::lattice_exp(r - safe);
+    let out = safe + F::lattice_ln_1p(rest);
     if m == f64::NEG_INFINITY {
         f64::NEG_INFINITY
     } else {
@@ -170,21 +173,34 @@ fn gather<F: FastMath>(
     t: usize,
     lo: usize,
     hi: usize,
+    classes: &[usize],
     emit: &mut [f64],
 ) -> bool {
     let row = x.log_probs.row(t);
+    let base = row.as_ptr();
+    let stride = row.strides()[0];
+    let len = row.len();
     let mut finite_or_neg_inf = true;
-    for (s, slot) in emit.iter_mut().enumerate().take(hi + 1).skip(lo) {
-        let class = if s % 2 == 0 {
-            x.blank
-        } else {
-            x.labels[s / 2] as usize
-        };
-        let v = row[class].to_f64();
+    for (slot, &class) in emit[lo..=hi].iter_mut().zip(&classes[lo..=hi]) {
+        assert!(class < len);
+        // SAFETY: `class < len` (checked above; validation guarantees it, so the check is
+        // free in practice), and element `class` of a row of `len` elements with this
+        // stride lies inside the array `row` views.
+        let v = unsafe { *base.offset(class as isize * stride) }.to_f64();
         finite_or_neg_inf &= v < f64::INFINITY;
         *slot = v;
     }
     finite_or_neg_inf
+}
+
+/// The class of each extended state: the blank on even states, the labels on odd ones.
+fn fill_classes(labels: &[u32], blank: usize, classes: &mut Vec<usize>) {
+    classes.clear();
+    classes.push(blank);
+    for &label in labels {
+        classes.push(label as usize);
+        classes.push(blank);
+    }
 }
 
 /// Prepares the skip mask of a target.
@@ -235,11 +251,12 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
         reset(&mut ws.table, t_len * states, F::NEG_INFINITY);
     }
     fill_skip(labels, &mut ws.skip);
+    fill_classes(labels, x.blank, &mut ws.classes);
 
     let mut log_scale = 0.0f64;
     for t in 0..t_len {
         let (lo, hi) = band(t, t_len, states);
-        if !gather(x, t, lo, hi, &mut ws.emit) {
+        if !gather(x, t, lo, hi, &ws.classes, &mut ws.emit) {
             return f64::NAN;
         }
         let (cur, prev) = two_rows(&mut ws.alpha, t % 2, (t + 1) % 2, width);
@@ -257,7 +274,7 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
             let jump = &prev[PAD + lo - 2..PAD + lo - 2 + n];
             let mask = &ws.skip[lo..lo + n];
             for i in 0..n {
-                out[i] = log_add3(stay[i], step[i], jump[i] + mask[i]) + emit[i];
+                out[i] = log_add3::<F>(stay[i], step[i], jump[i] + mask[i]) + emit[i];
             }
         }
         let m = max_of(out);
@@ -280,7 +297,7 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
 
     let last = &ws.alpha[((t_len - 1) % 2) * width + PAD..((t_len - 1) % 2 + 1) * width];
     let end = if states > 1 {
-        log_add(last[states - 1], last[states - 2])
+        log_add::<F>(last[states - 1], last[states - 2])
     } else {
         last[0]
     };
@@ -348,7 +365,7 @@ pub fn forward_backward<F: FastMath>(
             let mask = &ws.skip[lo + 2..lo + 2 + n];
             let out = &mut cur[lo..lo + n];
             for i in 0..n {
-                out[i] = log_add3(stay[i], step[i], jump[i] + mask[i]) - m;
+                out[i] = log_add3::<F>(stay[i], step[i], jump[i] + mask[i]) - m;
             }
         }
 
@@ -361,7 +378,7 @@ pub fn forward_backward<F: FastMath>(
         }
         let m = max_of(occ);
         for v in occ.iter_mut() {
-            *v = (*v - m).fast_exp();
+            *v = F::lattice_exp(*v - m);
         }
         let weight = scale / sum_of(occ);
 
@@ -395,7 +412,7 @@ pub fn forward_backward<F: FastMath>(
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
         if t > 0 {
-            gather(x, t, lo, hi, &mut ws.emit);
+            gather(x, t, lo, hi, &ws.classes, &mut ws.emit);
         }
     }
     log_lik
