@@ -1,0 +1,22 @@
+"""The examples in the public docstrings run and print what they claim."""
+
+from __future__ import annotations
+
+import doctest
+
+import fastctc
+import fastctc.__main__
+
+
+def test_docstring_examples_run() -> None:
+    for module in (fastctc, fastctc.__main__):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, f"{module.__name__}: {result.failed} doctest(s) failed"
+
+
+def test_cli_info_and_demo_run(capsys) -> None:
+    assert fastctc.__main__.main(["info"]) == 0
+    assert "threads" in capsys.readouterr().out
+    assert fastctc.__main__.main(["demo", "-T", "60", "-N", "4", "-C", "10", "-S", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "fastctc: loss" in out
