@@ -1,6 +1,6 @@
 //! What every backend returns.
 
-use ndarray::Array3;
+use ndarray::{Array2, Array3};
 
 use crate::options::Reduction;
 use crate::problem::Problem;
@@ -54,6 +54,34 @@ impl<F> CtcOutput<F> {
         match self.reduction {
             Reduction::None => self.losses.clone(),
             Reduction::Sum | Reduction::Mean => vec![self.reduced],
+        }
+    }
+}
+
+/// The best path of every sample of a batch (forced alignment).
+#[derive(Debug, Clone)]
+pub struct AlignmentOutput<F> {
+    /// `(N, T)`: the class emitted at each frame on the best path (the blank included), -1
+    /// past the input length or when the sample has no finite path.
+    pub labels: Array2<i64>,
+    /// `(N, T)`: the log-probability of that frame's emission, NaN where `labels` is -1.
+    pub scores: Array2<F>,
+    /// `(N, S, 2)`: each target token's frames `[start, end)` on the best path, -1 past the
+    /// target length or when the sample has no finite path. `S` is the longest target.
+    pub spans: Array3<i64>,
+    /// `(N,)`: the best path's total log-probability; `-inf` when no alignment exists, NaN
+    /// when a NaN log-probability was read.
+    pub path_scores: Vec<f64>,
+}
+
+impl<F: crate::real::Real> AlignmentOutput<F> {
+    /// Outputs filled with their "no path" values.
+    pub fn empty(batch: usize, t_max: usize, max_target: usize) -> Self {
+        AlignmentOutput {
+            labels: Array2::from_elem((batch, t_max), -1),
+            scores: Array2::from_elem((batch, t_max), F::NAN),
+            spans: Array3::from_elem((batch, max_target, 2), -1),
+            path_scores: vec![f64::NEG_INFINITY; batch],
         }
     }
 }

@@ -3,6 +3,7 @@
 mod dispatch;
 mod fastmath;
 mod lattice;
+mod viterbi;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -15,7 +16,7 @@ pub use fastmath::FastMath;
 pub use lattice::{GradSpec, SampleRef, Workspace};
 
 use crate::options::Reduction;
-use crate::output::CtcOutput;
+use crate::output::{AlignmentOutput, CtcOutput};
 use crate::problem::Problem;
 use crate::real::Real;
 use crate::threads;
@@ -101,11 +102,21 @@ fn schedule<F>(problem: &Problem<'_, F>) -> Vec<usize> {
 pub fn compute<F: CpuFloat>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<F> {
     threads::install(|| {
         if with_grad {
-            compute_with_grad(problem)
+            compute_with_grad(problem, |n| grad_scale(problem, n))
         } else {
             compute_loss(problem)
         }
     })
+}
+
+/// Computes the losses and, in place of the gradient, the posterior occupancy `gamma`
+/// (`(T, N, C)`, each valid frame summing to 1; NaN rows for a sample without a finite
+/// loss, 0 with `zero_infinity`).
+pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
+    // The log_probs gradient of one sample is -gamma: a factor of -1 turns it into gamma.
+    let mut problem = problem.clone();
+    problem.options.grad_wrt = crate::options::GradWrt::LogProbs;
+    threads::install(|| compute_with_grad(&problem, |_| -1.0))
 }
 
 fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
@@ -125,7 +136,10 @@ fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     CtcOutput::new(problem, losses, None)
 }
 
-fn compute_with_grad<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
+fn compute_with_grad<F: CpuFloat>(
+    problem: &Problem<'_, F>,
+    scale_of: impl Fn(usize) -> f64 + Sync,
+) -> CtcOutput<F> {
     let (t_max, batch, classes) = problem.dims();
     // vec! of zeros is calloc: pages the kernel never writes (frames past an input length)
     // cost nothing.
@@ -146,7 +160,7 @@ fn compute_with_grad<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
             .for_each(|(n, rows, loss)| {
                 let spec = GradSpec {
                     wrt: problem.options.grad_wrt,
-                    scale: F::from_f64(grad_scale(problem, n)),
+                    scale: F::from_f64(scale_of(n)),
                     zero_infinity: problem.options.zero_infinity,
                 };
                 let x = sample_ref(problem, n);
@@ -155,4 +169,45 @@ fn compute_with_grad<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
             });
     }
     CtcOutput::new(problem, losses, Some(grad))
+}
+
+thread_local! {
+    static VITERBI_WORKSPACE: RefCell<viterbi::ViterbiWorkspace> =
+        RefCell::new(viterbi::ViterbiWorkspace::default());
+}
+
+/// The most likely alignment of every sample of a validated batch (forced alignment).
+pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
+    let (t_max, batch, _) = problem.dims();
+    let max_target = problem
+        .samples
+        .iter()
+        .map(|s| s.target_len())
+        .max()
+        .unwrap_or(0);
+    let mut out = AlignmentOutput::empty(batch, t_max, max_target);
+    threads::install(|| {
+        let mut jobs: Vec<_> = out
+            .labels
+            .outer_iter_mut()
+            .zip(out.scores.outer_iter_mut())
+            .zip(out.spans.outer_iter_mut())
+            .zip(out.path_scores.iter_mut())
+            .enumerate()
+            .map(|(n, (((labels, scores), spans), score))| (n, labels, scores, spans, score))
+            .collect();
+        jobs.sort_by_key(|job| Reverse(problem.samples[job.0].cost()));
+        jobs.into_par_iter()
+            .with_max_len(1)
+            .for_each(|(n, labels, scores, spans, score)| {
+                let x = sample_ref(problem, n);
+                let rows = viterbi::AlignmentRows {
+                    labels,
+                    scores,
+                    spans,
+                };
+                *score = VITERBI_WORKSPACE.with(|ws| viterbi::align(&x, &mut ws.borrow_mut(), rows));
+            });
+    });
+    out
 }

@@ -1,0 +1,399 @@
+"""PyTorch adapter: drop-in replacements for ``torch.nn.functional.ctc_loss`` and
+``torch.nn.CTCLoss``.
+
+Change one import and keep the rest of a training script::
+
+    from fastctc.torch import CTCLoss   # instead of torch.nn.CTCLoss
+    from fastctc.torch import ctc_loss  # instead of torch.nn.functional.ctc_loss
+
+The loss and its gradient are computed by :func:`fastctc.ctc_loss_and_grad`; this module only
+moves tensors to and from NumPy (views, without copies, for CPU float32/float64 tensors) and
+scales the saved gradient by the upstream gradient in the backward pass. The gradient that
+reaches ``log_probs`` is the true gradient ``d loss / d log_probs`` (it passes
+:func:`torch.autograd.gradcheck`); through ``log_softmax`` it gives the same logits gradients as
+torch's own ``ctc_loss``.
+
+The computation is registered as the torch custom operators ``fastctc::ctc_loss`` (loss only,
+used when no gradient is needed) and ``fastctc::ctc_loss_and_grad`` (loss and gradient, with a
+registered autograd formula), each with a fake implementation, so ``torch.compile`` (also with
+``fullgraph=True``) traces through it without graph breaks. Under ``torch.autocast`` both run in
+float32 and return float32, as torch's ``ctc_loss`` does.
+
+Importing :mod:`fastctc` does not import torch; importing this module does.
+
+>>> import torch
+>>> from fastctc.torch import ctc_loss
+>>> T, N, C, S = 50, 4, 20, 10
+>>> logits = torch.randn(T, N, C, requires_grad=True)
+>>> targets = torch.randint(1, C, (N, S))
+>>> loss = ctc_loss(logits.log_softmax(2), targets, [50, 45, 40, 50], [10, 8, 10, 5])
+>>> loss.backward()
+>>> logits.grad.shape
+torch.Size([50, 4, 20])
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import fastctc
+
+__all__ = ["CTCLoss", "ctc_loss"]
+
+IntArg = Union[Tensor, Sequence[int], int, np.ndarray]  # noqa: UP007 (runtime alias, py3.10)
+
+# Computed in float32 by fastctc, returned in the input dtype (torch's own op raises).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors to NumPy and back (no copies when a view is possible)
+# --------------------------------------------------------------------------------------------
+
+
+def _to_numpy(tensor: Tensor, name: str) -> np.ndarray:
+    """A NumPy view of a CPU tensor; a host copy only when device or dtype requires one."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()  # transfer first: a half tensor crosses at half the size
+    if tensor.dtype in _LOW_PRECISION:
+        tensor = tensor.float()
+    try:
+        return tensor.resolve_conj().resolve_neg().numpy()
+    except TypeError:  # a dtype NumPy lacks, such as the float8 types
+        raise fastctc.CTCTypeError(f"{name}: unsupported dtype {tensor.dtype}") from None
+
+
+def _to_torch(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Wraps fastctc's output (no copy), then casts / moves it only if needed."""
+    return torch.from_numpy(np.asarray(array)).to(device=device, dtype=dtype)
+
+
+def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the gradient is saved in: float32 for half inputs (cast once, at the end)."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _loss_shape(log_probs: Tensor, reduction: str) -> tuple:
+    if reduction == "none" and log_probs.dim() == 3:
+        return (log_probs.shape[1],)
+    return ()
+
+
+# --------------------------------------------------------------------------------------------
+# Custom operators
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastctc::ctc_loss", mutates_args=())
+def _ctc_loss_op(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths: Tensor,
+    target_lengths: Tensor,
+    blank: int,
+    reduction: str,
+    zero_infinity: bool,
+    device: str,
+) -> Tensor:
+    """The CTC loss only (no gradient is computed)."""
+    loss = fastctc.ctc_loss(
+        _to_numpy(log_probs, "log_probs"),
+        _to_numpy(targets, "targets"),
+        _to_numpy(input_lengths, "input_lengths"),
+        _to_numpy(target_lengths, "target_lengths"),
+        blank,
+        reduction,
+        zero_infinity,
+        device=device,
+    )
+    return _to_torch(loss, log_probs.dtype, log_probs.device)
+
+
+@_ctc_loss_op.register_fake
+def _ctc_loss_fake(
+    log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device
+):
+    return log_probs.new_empty(_loss_shape(log_probs, reduction))
+
+
+@torch.library.custom_op("fastctc::ctc_loss_and_grad", mutates_args=())
+def _ctc_loss_and_grad_op(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths: Tensor,
+    target_lengths: Tensor,
+    blank: int,
+    reduction: str,
+    zero_infinity: bool,
+    device: str,
+) -> tuple[Tensor, Tensor]:
+    """The CTC loss and its true gradient with respect to ``log_probs``.
+
+    The gradient is that of the reduced loss (for ``"none"``: of ``loss.sum()``), in the dtype
+    of ``log_probs`` (float32 for float16 / bfloat16 inputs).
+    """
+    loss, grad = fastctc.ctc_loss_and_grad(
+        _to_numpy(log_probs, "log_probs"),
+        _to_numpy(targets, "targets"),
+        _to_numpy(input_lengths, "input_lengths"),
+        _to_numpy(target_lengths, "target_lengths"),
+        blank,
+        reduction,
+        zero_infinity,
+        device=device,
+    )
+    return (
+        _to_torch(loss, log_probs.dtype, log_probs.device),
+        _to_torch(grad, _grad_dtype(log_probs.dtype), log_probs.device),
+    )
+
+
+@_ctc_loss_and_grad_op.register_fake
+def _ctc_loss_and_grad_fake(
+    log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device
+):
+    loss = log_probs.new_empty(_loss_shape(log_probs, reduction))
+    grad = log_probs.new_empty(log_probs.shape, dtype=_grad_dtype(log_probs.dtype))
+    return loss, grad
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """Passes the first-order gradient through; differentiating it again raises."""
+
+    @staticmethod
+    def forward(ctx, grad: Tensor) -> Tensor:
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "fastctc.torch.ctc_loss is differentiable once: its gradient has no gradient of "
+            "its own, so double backward (differentiating a graph built with "
+            "create_graph=True through the CTC loss) is not supported"
+        )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    log_probs, reduction = inputs[0], inputs[5]
+    grad = output[1]
+    ctx.mark_non_differentiable(grad)
+    ctx.save_for_backward(grad)
+    # For "none" the upstream gradient has one value per sample, broadcast on axis 1 of
+    # (T, N, C); unbatched (T, C) input gives a 0-d loss and a 0-d upstream gradient.
+    ctx.per_sample = reduction == "none" and log_probs.dim() == 3
+    ctx.dtype = log_probs.dtype
+
+
+def _backward(ctx, grad_loss: Tensor, _grad_of_grad: Tensor):
+    (grad,) = ctx.saved_tensors
+    if ctx.per_sample:
+        grad_loss = grad_loss.reshape(1, -1, 1)
+    result = (grad * grad_loss).to(ctx.dtype)
+    if torch.is_grad_enabled():  # create_graph=True: make a second differentiation fail
+        result = _OnceDifferentiable.apply(result.detach().requires_grad_())
+    return result, None, None, None, None, None, None, None
+
+
+_ctc_loss_and_grad_op.register_autograd(_backward, setup_context=_setup_context)
+
+# Under torch.autocast, torch's ctc_loss runs in float32 and returns float32; so do these.
+for _op in (_ctc_loss_op, _ctc_loss_and_grad_op):
+    for _device_type in ("cpu", "cuda"):
+        _op.register_autocast(_device_type, cast_inputs=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def _index_tensor(value: object, name: str) -> Tensor:
+    """Targets or lengths as a tensor (lists, tuples, ints, NumPy arrays are converted).
+
+    Tensors are passed through unchanged, whatever their integer dtype and device; fastctc
+    checks dtypes and values.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 0:
+        return torch.zeros(0, dtype=torch.int64)  # torch would guess float32
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise fastctc.CTCInputError(
+            f"{name}: cannot be read as an integer tensor ({error})"
+        ) from None
+
+
+def _check(value: object, kind: type, name: str) -> None:
+    if not isinstance(value, kind):
+        raise fastctc.CTCTypeError(f"{name}: expected {kind.__name__}, got {type(value).__name__}")
+
+
+def ctc_loss(
+    log_probs: Tensor,
+    targets: IntArg,
+    input_lengths: IntArg,
+    target_lengths: IntArg,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+    *,
+    device: str = "cpu",
+) -> Tensor:
+    """The CTC loss: a drop-in replacement for ``torch.nn.functional.ctc_loss``.
+
+    Takes the arguments of torch's function, with the same defaults, plus ``device``.
+
+    Parameters
+    ----------
+    log_probs : Tensor, shape (T, N, C) or unbatched (T, C)
+        Per-frame log-probabilities, normally ``log_softmax`` outputs (not required). float32
+        or float64; float16 and bfloat16 are computed in float32. Any device (non-CPU tensors
+        are computed on the host) and any strides.
+    targets : Tensor of int, shape (N, S) padded, or 1-D concatenated, or (S,) unbatched
+        Labels in ``[0, C)``, never ``blank``. Any integer dtype and device; a list also works.
+    input_lengths : Tensor, list or tuple of int, shape (N,), or an int / 0-d tensor unbatched
+        Frames used per sample, each in ``[0, T]``.
+    target_lengths : Tensor, list or tuple of int, shape (N,), or an int / 0-d tensor unbatched
+        Labels per sample, each in ``[0, S]``.
+    blank : int, default 0
+        The blank class; a negative value counts from the end.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"``: per-sample losses. ``"sum"``: their sum. ``"mean"``: the batch mean of
+        ``loss_n / max(target_length_n, 1)``.
+    zero_infinity : bool, default False
+        Replace infinite losses (impossible alignments) and their gradients by 0.
+    device : {"cpu"}, keyword-only, default "cpu"
+        The fastctc backend that computes the loss (not the device of the tensors).
+
+    Returns
+    -------
+    Tensor
+        On the device and of the dtype of ``log_probs``: shape ``(N,)`` for ``"none"``
+        (``()`` unbatched), else 0-d. When ``log_probs`` requires grad, it has a ``grad_fn``
+        whose backward gives the true gradient with respect to ``log_probs`` (zero on frames
+        past each input length), scaled by any upstream gradient. Double backward raises.
+
+    Raises
+    ------
+    fastctc.CTCInputError
+        (a ``ValueError``) for bad shapes, lengths, labels (out of range, or a blank inside a
+        target), blank or options, including an unknown ``device``.
+    fastctc.CTCTypeError
+        (a ``TypeError``) for bad dtypes, such as float targets.
+
+    Examples
+    --------
+    Two frames, two classes, uniform: three of the four paths spell the target ``[1]``.
+
+    >>> import math, torch
+    >>> from fastctc.torch import ctc_loss
+    >>> log_probs = torch.full((2, 1, 2), math.log(0.5), dtype=torch.float64,
+    ...                        requires_grad=True)
+    >>> loss = ctc_loss(log_probs, torch.tensor([[1]]), [2], [1], reduction="sum")
+    >>> math.isclose(loss.item(), -math.log(0.75))
+    True
+    >>> loss.backward()
+    >>> log_probs.grad[:, 0]  # minus the posterior occupancy of each class
+    tensor([[-0.3333, -0.6667],
+            [-0.3333, -0.6667]], dtype=torch.float64)
+    """
+    _check(log_probs, Tensor, "log_probs")
+    targets = _index_tensor(targets, "targets")
+    input_lengths = _index_tensor(input_lengths, "input_lengths")
+    target_lengths = _index_tensor(target_lengths, "target_lengths")
+    try:
+        blank = operator.index(blank)
+    except TypeError:
+        raise fastctc.CTCTypeError(
+            f"blank: expected an integer, got {type(blank).__name__}"
+        ) from None
+    _check(reduction, str, "reduction")
+    _check(device, str, "device")
+    args = (
+        log_probs,
+        targets,
+        input_lengths,
+        target_lengths,
+        blank,
+        reduction,
+        bool(zero_infinity),
+        device,
+    )
+    if torch.is_grad_enabled() and log_probs.requires_grad:
+        return _ctc_loss_and_grad_op(*args)[0]
+    return _ctc_loss_op(*args)
+
+
+class CTCLoss(torch.nn.CTCLoss):
+    """The CTC loss as a module: a drop-in replacement for ``torch.nn.CTCLoss``.
+
+    A subclass of ``torch.nn.CTCLoss`` (so ``isinstance`` checks still pass) whose forward
+    calls :func:`fastctc.torch.ctc_loss`.
+
+    Parameters
+    ----------
+    blank : int, default 0
+        The blank class; a negative value counts from the end.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`ctc_loss`.
+    zero_infinity : bool, default False
+        Replace infinite losses (impossible alignments) and their gradients by 0.
+    device : {"cpu"}, keyword-only, default "cpu"
+        The fastctc backend.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastctc.torch import CTCLoss
+    >>> criterion = CTCLoss(blank=0, zero_infinity=True)
+    >>> logits = torch.randn(30, 2, 8, requires_grad=True)
+    >>> targets = torch.tensor([[1, 2, 3], [4, 4, 0]])
+    >>> loss = criterion(logits.log_softmax(2), targets, [30, 25], [3, 2])
+    >>> loss.backward()
+    >>> bool(torch.isfinite(logits.grad).all())
+    True
+    """
+
+    def __init__(
+        self,
+        blank: int = 0,
+        reduction: str = "mean",
+        zero_infinity: bool = False,
+        *,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(blank=blank, reduction=reduction, zero_infinity=zero_infinity)
+        self.device = device
+
+    def forward(
+        self,
+        log_probs: Tensor,
+        targets: IntArg,
+        input_lengths: IntArg,
+        target_lengths: IntArg,
+    ) -> Tensor:
+        return ctc_loss(
+            log_probs,
+            targets,
+            input_lengths,
+            target_lengths,
+            self.blank,
+            self.reduction,
+            self.zero_infinity,
+            device=self.device,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"blank={self.blank}, reduction={self.reduction!r}, "
+            f"zero_infinity={self.zero_infinity}, device={self.device!r}"
+        )
