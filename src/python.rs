@@ -11,11 +11,13 @@ use numpy::{
 use pyo3::create_exception;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use crate::cpu::CpuFloat;
 use crate::error::{CtcError, ErrorKind};
 use crate::options::{GradWrt, Options, Reduction};
 use crate::problem::{validate, Targets};
+use crate::real::Real;
 use crate::{cpu, threads};
 
 create_exception!(
@@ -44,7 +46,53 @@ fn without_gil<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
     py.detach(work)
 }
 
-type LossAndGrad<'py> = (Bound<'py, PyAny>, Option<Bound<'py, PyAny>>);
+/// What a native call computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// `(loss, None)`.
+    Loss,
+    /// `(loss, grad)`.
+    LossAndGrad,
+    /// `(per-sample losses, gamma)`.
+    Posteriors,
+    /// `(labels, scores, spans, path_scores)`.
+    Align,
+}
+
+fn targets_of<'a>(targets: &'a PyReadonlyArrayDyn<'_, i64>) -> PyResult<Targets<'a>> {
+    let view = targets.as_array();
+    match view.ndim() {
+        1 => Ok(Targets::Concatenated(
+            view.into_dimensionality::<Ix1>().map_err(shape_bug)?,
+        )),
+        2 => Ok(Targets::Padded(
+            view.into_dimensionality::<Ix2>().map_err(shape_bug)?,
+        )),
+        _ => Err(to_py_err(CtcError::Shape {
+            argument: "targets",
+            message: format!(
+                "expected (N, S) padded or 1-D concatenated targets, got shape {:?}",
+                targets.shape()
+            ),
+        })),
+    }
+}
+
+/// A loss array of the input dtype: `(N,)` for `"none"`, else 0-d.
+fn loss_array<'py, F: Real + Element>(
+    py: Python<'py>,
+    values: Vec<f64>,
+    per_sample: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let values: Vec<F> = values.into_iter().map(F::from_f64).collect();
+    let shape = if per_sample {
+        vec![values.len()]
+    } else {
+        vec![]
+    };
+    let array = ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(shape_bug)?;
+    Ok(array.into_pyarray(py).into_any())
+}
 
 #[allow(clippy::too_many_arguments)]
 fn run<'py, F: CpuFloat + Element>(
@@ -55,34 +103,12 @@ fn run<'py, F: CpuFloat + Element>(
     target_lengths: &PyReadonlyArray1<'py, i64>,
     blank: i64,
     options: Options,
-    with_grad: bool,
-) -> PyResult<LossAndGrad<'py>> {
+    job: Job,
+) -> PyResult<Bound<'py, PyTuple>> {
     let log_probs = log_probs.try_readonly()?;
-    let targets_view = targets.as_array();
-    let targets = match targets_view.ndim() {
-        1 => Targets::Concatenated(
-            targets_view
-                .into_dimensionality::<Ix1>()
-                .map_err(shape_bug)?,
-        ),
-        2 => Targets::Padded(
-            targets_view
-                .into_dimensionality::<Ix2>()
-                .map_err(shape_bug)?,
-        ),
-        _ => {
-            return Err(to_py_err(CtcError::Shape {
-                argument: "targets",
-                message: format!(
-                    "expected (N, S) padded or 1-D concatenated targets, got shape {:?}",
-                    targets.shape()
-                ),
-            }))
-        }
-    };
     let problem = validate(
         log_probs.as_array(),
-        targets,
+        targets_of(targets)?,
         input_lengths.as_array(),
         target_lengths.as_array(),
         blank,
@@ -90,17 +116,78 @@ fn run<'py, F: CpuFloat + Element>(
     )
     .map_err(to_py_err)?;
 
-    let output = without_gil(py, || cpu::compute(&problem, with_grad));
+    let items: Vec<Bound<'py, PyAny>> = match job {
+        Job::Loss | Job::LossAndGrad => {
+            let output = without_gil(py, || cpu::compute(&problem, job == Job::LossAndGrad));
+            let per_sample = output.reduction == Reduction::None;
+            let loss = loss_array::<F>(py, output.loss_values(), per_sample)?;
+            let grad = match output.grad {
+                Some(grad) => grad.into_pyarray(py).into_any(),
+                None => py.None().into_bound(py),
+            };
+            vec![loss, grad]
+        }
+        Job::Posteriors => {
+            let output = without_gil(py, || cpu::posteriors(&problem));
+            let losses = loss_array::<F>(py, output.losses, true)?;
+            let gamma = match output.grad {
+                Some(gamma) => gamma.into_pyarray(py).into_any(),
+                None => py.None().into_bound(py),
+            };
+            vec![losses, gamma]
+        }
+        Job::Align => {
+            let output = without_gil(py, || cpu::align(&problem));
+            vec![
+                output.labels.into_pyarray(py).into_any(),
+                output.scores.into_pyarray(py).into_any(),
+                output.spans.into_pyarray(py).into_any(),
+                output.path_scores.into_pyarray(py).into_any(),
+            ]
+        }
+    };
+    PyTuple::new(py, items)
+}
 
-    let values: Vec<F> = output.loss_values().into_iter().map(F::from_f64).collect();
-    let loss = match output.reduction {
-        Reduction::None => ArrayD::from_shape_vec(IxDyn(&[values.len()]), values),
-        Reduction::Sum | Reduction::Mean => ArrayD::from_shape_vec(IxDyn(&[]), values),
+/// Picks the float type of `log_probs` and runs `job`.
+#[allow(clippy::too_many_arguments)]
+fn dispatch<'py>(
+    py: Python<'py>,
+    log_probs: &Bound<'py, PyAny>,
+    targets: &PyReadonlyArrayDyn<'py, i64>,
+    input_lengths: &PyReadonlyArray1<'py, i64>,
+    target_lengths: &PyReadonlyArray1<'py, i64>,
+    blank: i64,
+    options: Options,
+    job: Job,
+) -> PyResult<Bound<'py, PyTuple>> {
+    if let Ok(array) = log_probs.cast::<PyArray3<f32>>() {
+        run(
+            py,
+            array,
+            targets,
+            input_lengths,
+            target_lengths,
+            blank,
+            options,
+            job,
+        )
+    } else if let Ok(array) = log_probs.cast::<PyArray3<f64>>() {
+        run(
+            py,
+            array,
+            targets,
+            input_lengths,
+            target_lengths,
+            blank,
+            options,
+            job,
+        )
+    } else {
+        Err(CTCTypeError::new_err(
+            "log_probs: expected a 3-D NumPy array of dtype float32 or float64",
+        ))
     }
-    .map_err(shape_bug)?;
-    let loss = loss.into_pyarray(py).into_any();
-    let grad = output.grad.map(|g| g.into_pyarray(py).into_any());
-    Ok((loss, grad))
 }
 
 fn shape_bug(error: ndarray::ShapeError) -> PyErr {
@@ -126,39 +213,79 @@ fn ctc<'py>(
     zero_infinity: bool,
     grad_wrt: &str,
     with_grad: bool,
-) -> PyResult<LossAndGrad<'py>> {
+) -> PyResult<Bound<'py, PyTuple>> {
     let options = Options {
         reduction: Reduction::parse(reduction).map_err(to_py_err)?,
         zero_infinity,
         grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
     };
-    if let Ok(array) = log_probs.cast::<PyArray3<f32>>() {
-        run(
-            py,
-            array,
-            &targets,
-            &input_lengths,
-            &target_lengths,
-            blank,
-            options,
-            with_grad,
-        )
-    } else if let Ok(array) = log_probs.cast::<PyArray3<f64>>() {
-        run(
-            py,
-            array,
-            &targets,
-            &input_lengths,
-            &target_lengths,
-            blank,
-            options,
-            with_grad,
-        )
+    let job = if with_grad {
+        Job::LossAndGrad
     } else {
-        Err(CTCTypeError::new_err(
-            "log_probs: expected a 3-D NumPy array of dtype float32 or float64",
-        ))
-    }
+        Job::Loss
+    };
+    dispatch(
+        py,
+        log_probs,
+        &targets,
+        &input_lengths,
+        &target_lengths,
+        blank,
+        options,
+        job,
+    )
+}
+
+/// Per-sample losses and the posterior occupancy `gamma`, `(losses, gamma)`.
+#[pyfunction]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, zero_infinity))]
+fn posteriors<'py>(
+    py: Python<'py>,
+    log_probs: &Bound<'py, PyAny>,
+    targets: PyReadonlyArrayDyn<'py, i64>,
+    input_lengths: PyReadonlyArray1<'py, i64>,
+    target_lengths: PyReadonlyArray1<'py, i64>,
+    blank: i64,
+    zero_infinity: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let options = Options {
+        reduction: Reduction::None,
+        zero_infinity,
+        grad_wrt: GradWrt::LogProbs,
+    };
+    dispatch(
+        py,
+        log_probs,
+        &targets,
+        &input_lengths,
+        &target_lengths,
+        blank,
+        options,
+        Job::Posteriors,
+    )
+}
+
+/// The best path of every sample: `(labels, scores, spans, path_scores)`.
+#[pyfunction]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank))]
+fn align<'py>(
+    py: Python<'py>,
+    log_probs: &Bound<'py, PyAny>,
+    targets: PyReadonlyArrayDyn<'py, i64>,
+    input_lengths: PyReadonlyArray1<'py, i64>,
+    target_lengths: PyReadonlyArray1<'py, i64>,
+    blank: i64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    dispatch(
+        py,
+        log_probs,
+        &targets,
+        &input_lengths,
+        &target_lengths,
+        blank,
+        Options::default(),
+        Job::Align,
+    )
 }
 
 /// Sets the number of worker threads for later calls.
@@ -190,6 +317,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CTCInputError", m.py().get_type::<CTCInputError>())?;
     m.add("CTCTypeError", m.py().get_type::<CTCTypeError>())?;
     m.add_function(wrap_pyfunction!(ctc, m)?)?;
+    m.add_function(wrap_pyfunction!(posteriors, m)?)?;
+    m.add_function(wrap_pyfunction!(align, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;

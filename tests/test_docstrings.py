@@ -6,10 +6,11 @@ import doctest
 
 import fastctc
 import fastctc.__main__
+import fastctc.alignment
 
 
 def test_docstring_examples_run() -> None:
-    for module in (fastctc, fastctc.__main__):
+    for module in (fastctc, fastctc.__main__, fastctc.alignment):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, f"{module.__name__}: {result.failed} doctest(s) failed"
 

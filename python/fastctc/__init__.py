@@ -16,13 +16,12 @@ default, safe validation of every input, and a Rust core that releases the GIL.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from fastctc import _args
 from fastctc._core import (
     CTCInputError,
     CTCTypeError,
@@ -32,13 +31,19 @@ from fastctc._core import (
     simd_features,
 )
 from fastctc._core import ctc as _ctc
+from fastctc._core import posteriors as _posteriors
+from fastctc.alignment import Alignment, ctc_align, frames_to_seconds
 
 __all__ = [
+    "Alignment",
     "CTCInputError",
     "CTCTypeError",
     "__version__",
+    "ctc_align",
     "ctc_loss",
     "ctc_loss_and_grad",
+    "ctc_posteriors",
+    "frames_to_seconds",
     "get_num_threads",
     "set_num_threads",
     "simd_features",
@@ -47,68 +52,9 @@ __all__ = [
 Reduction = Literal["none", "sum", "mean"]
 GradWrt = Literal["log_probs", "logits"]
 Device = Literal["cpu"]
-Lengths = Union[npt.ArrayLike, Sequence[int], int]  # noqa: UP007 (runtime alias, py3.10)
+Lengths = _args.Lengths
 
 _DEVICES = ("cpu",)
-
-
-def _int_array(value: object, name: str) -> np.ndarray:
-    """Converts targets or lengths to an int64 array, refusing non-integer dtypes."""
-    is_array = isinstance(value, np.ndarray)
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as error:
-        raise CTCInputError(f"{name}: cannot be read as an integer array ({error})") from None
-    if array.dtype == object and array.size and all(isinstance(v, int) for v in array.flat):
-        big = max(array.flat, key=abs)
-        raise CTCInputError(f"{name}: value {big} does not fit in a 64-bit integer")
-    if array.dtype.kind not in "iu":
-        # An empty Python list has no dtype of its own: numpy guesses float64.
-        if not is_array and array.size == 0 and array.dtype.kind == "f":
-            return array.astype(np.int64)
-        raise CTCTypeError(f"{name}: expected integers, got dtype {array.dtype}")
-    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
-        # Keep huge values huge (and so out of range) rather than wrapping them negative.
-        array = np.minimum(array, np.iinfo(np.int64).max)
-    return array.astype(np.int64, copy=False)
-
-
-def _lengths(value: Lengths, name: str, batched: bool) -> np.ndarray:
-    array = _int_array(value, name)
-    if batched:
-        if array.ndim != 1:
-            raise CTCInputError(
-                f"{name}: expected one length per sample, shape (N,), got shape {array.shape}"
-            )
-        return array
-    if array.ndim == 0 or array.shape == (1,):
-        return array.reshape(1)
-    raise CTCInputError(
-        f"{name}: unbatched log_probs (T, C) need a scalar length, got shape {array.shape}"
-    )
-
-
-def _log_probs(log_probs: npt.ArrayLike) -> np.ndarray:
-    array = np.asarray(log_probs)
-    if array.dtype.kind == "f" and array.dtype.itemsize in (4, 8) and not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    if array.dtype not in (np.float32, np.float64):
-        raise CTCTypeError(
-            f"log_probs: expected dtype float32 or float64, got {array.dtype}"
-            + (" (cast to float32 first)" if array.dtype.kind == "f" else "")
-        )
-    if array.ndim not in (2, 3):
-        raise CTCInputError(
-            f"log_probs: expected shape (T, N, C) or unbatched (T, C), got a {array.ndim}-D "
-            f"array of shape {array.shape}"
-        )
-    return array
-
-
-def _check_str(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise CTCTypeError(f"{name}: expected a string, got {type(value).__name__}")
-    return value
 
 
 def _run(
@@ -123,35 +69,22 @@ def _run(
     device: str,
     with_grad: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    lp = _log_probs(log_probs)
-    batched = lp.ndim == 3
-    tg = _int_array(targets, "targets")
-    if not batched:
-        if tg.ndim != 1:
-            raise CTCInputError(
-                f"targets: unbatched log_probs (T, C) need 1-D targets (S,), got shape {tg.shape}"
-            )
-        lp = lp[:, np.newaxis, :]
-        tg = tg[np.newaxis, :]
-    il = _lengths(input_lengths, "input_lengths", batched)
-    tl = _lengths(target_lengths, "target_lengths", batched)
-    try:
-        blank = operator.index(blank)
-    except TypeError:
-        raise CTCTypeError(f"blank: expected an integer, got {type(blank).__name__}") from None
-    if not -(2**63) <= blank < 2**63:
-        raise CTCInputError(f"blank: {blank} is outside [-C, C) for C={lp.shape[-1]} classes")
-    reduction = _check_str(reduction, "reduction")
-    grad_wrt = _check_str(grad_wrt, "grad_wrt")
-    device = _check_str(device, "device")
-    if device not in _DEVICES:
-        raise CTCInputError(
-            f"device: unknown value {device!r}, expected one of "
-            + ", ".join(repr(d) for d in _DEVICES)
-        )
-
-    loss, grad = _ctc(lp, tg, il, tl, blank, reduction, bool(zero_infinity), grad_wrt, with_grad)
-    if not batched:
+    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank)
+    reduction = _args.check_str(reduction, "reduction")
+    grad_wrt = _args.check_str(grad_wrt, "grad_wrt")
+    _args.check_choice(device, "device", _DEVICES)
+    loss, grad = _ctc(
+        b.log_probs,
+        b.targets,
+        b.input_lengths,
+        b.target_lengths,
+        b.blank,
+        reduction,
+        bool(zero_infinity),
+        grad_wrt,
+        with_grad,
+    )
+    if not b.batched:
         if loss.ndim == 1:
             loss = loss.reshape(())
         if grad is not None:
@@ -290,3 +223,47 @@ def ctc_loss_and_grad(
     )
     assert grad is not None
     return loss, grad
+
+
+def ctc_posteriors(
+    log_probs: npt.ArrayLike,
+    targets: npt.ArrayLike,
+    input_lengths: Lengths,
+    target_lengths: Lengths,
+    blank: int = 0,
+    zero_infinity: bool = False,
+    *,
+    device: Device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample losses and the posterior occupancy ``gamma``.
+
+    ``gamma[t, n, c]`` is the probability, given sample ``n``'s alignments, that frame ``t``
+    emits class ``c``: each valid frame sums to 1, frames past the input length are 0. It is
+    minus the true gradient of the summed loss (DESIGN.md section 1), useful for label
+    smoothing, regularisers, confidence estimates and soft alignments. Takes the data
+    arguments of :func:`ctc_loss`.
+
+    Returns
+    -------
+    losses : ndarray, shape (N,) (shape () unbatched), dtype of log_probs
+        Per-sample losses, as ``ctc_loss(..., reduction="none")``.
+    gamma : ndarray, same shape and dtype as log_probs
+        The occupancy; NaN rows for a sample with infinite or NaN loss, or 0 rows with
+        ``zero_infinity`` for an infinite one.
+
+    Examples
+    --------
+    >>> import numpy as np, fastctc
+    >>> lp = np.log(np.full((3, 1, 2), 0.5))
+    >>> losses, gamma = fastctc.ctc_posteriors(lp, [[1]], [3], [1])
+    >>> gamma[:, 0, :].sum(axis=1).tolist()
+    [1.0, 1.0, 1.0]
+    """
+    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank)
+    _args.check_choice(device, "device", _DEVICES)
+    losses, gamma = _posteriors(
+        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, bool(zero_infinity)
+    )
+    if not b.batched:
+        return losses.reshape(()), gamma[:, 0, :]
+    return losses, gamma

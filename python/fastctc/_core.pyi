@@ -23,6 +23,25 @@ def ctc(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Computes CTC losses (and the gradient when ``with_grad``) of a normalised batch."""
 
+def posteriors(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    input_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    blank: int,
+    zero_infinity: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample losses and the posterior occupancy of a normalised batch."""
+
+def align(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    input_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    blank: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The best path of every sample: (labels, scores, spans, path_scores)."""
+
 def set_num_threads(threads: int) -> None:
     """Sets the number of worker threads for later calls (at least 1)."""
 

@@ -1,0 +1,128 @@
+"""Argument normalisation shared by every public function: arrays, dtypes and batching.
+
+Type problems raise :class:`CTCTypeError`; value checks beyond "is this an integer array of
+a sensible rank" belong to the Rust validator (``src/problem.rs``), which runs once before
+any kernel.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import NamedTuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from fastctc._core import CTCInputError, CTCTypeError
+
+Lengths = Union[npt.ArrayLike, Sequence[int], int]  # noqa: UP007 (runtime alias, py3.10)
+
+
+class Batch(NamedTuple):
+    """A batch in the form the native module takes."""
+
+    log_probs: np.ndarray  # (T, N, C) float32/float64, any strides
+    targets: np.ndarray  # (N, S) or 1-D int64
+    input_lengths: np.ndarray  # (N,) int64
+    target_lengths: np.ndarray  # (N,) int64
+    blank: int
+    batched: bool  # False when the caller passed one unbatched (T, C) sample
+
+
+def int_array(value: object, name: str) -> np.ndarray:
+    """Converts targets or lengths to an int64 array, refusing non-integer dtypes."""
+    is_array = isinstance(value, np.ndarray)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise CTCInputError(f"{name}: cannot be read as an integer array ({error})") from None
+    if array.dtype == object and array.size and all(isinstance(v, int) for v in array.flat):
+        big = max(array.flat, key=abs)
+        raise CTCInputError(f"{name}: value {big} does not fit in a 64-bit integer")
+    if array.dtype.kind not in "iu":
+        # An empty Python list has no dtype of its own: numpy guesses float64.
+        if not is_array and array.size == 0 and array.dtype.kind == "f":
+            return array.astype(np.int64)
+        raise CTCTypeError(f"{name}: expected integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        # Keep huge values huge (and so out of range) rather than wrapping them negative.
+        array = np.minimum(array, np.iinfo(np.int64).max)
+    return array.astype(np.int64, copy=False)
+
+
+def lengths(value: Lengths, name: str, batched: bool) -> np.ndarray:
+    array = int_array(value, name)
+    if batched:
+        if array.ndim != 1:
+            raise CTCInputError(
+                f"{name}: expected one length per sample, shape (N,), got shape {array.shape}"
+            )
+        return array
+    if array.ndim == 0 or array.shape == (1,):
+        return array.reshape(1)
+    raise CTCInputError(
+        f"{name}: unbatched log_probs (T, C) need a scalar length, got shape {array.shape}"
+    )
+
+
+def log_probs_array(log_probs: npt.ArrayLike) -> np.ndarray:
+    array = np.asarray(log_probs)
+    if array.dtype.kind == "f" and array.dtype.itemsize in (4, 8) and not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype not in (np.float32, np.float64):
+        raise CTCTypeError(
+            f"log_probs: expected dtype float32 or float64, got {array.dtype}"
+            + (" (cast to float32 first)" if array.dtype.kind == "f" else "")
+        )
+    if array.ndim not in (2, 3):
+        raise CTCInputError(
+            f"log_probs: expected shape (T, N, C) or unbatched (T, C), got a {array.ndim}-D "
+            f"array of shape {array.shape}"
+        )
+    return array
+
+
+def check_str(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise CTCTypeError(f"{name}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def check_choice(value: object, name: str, allowed: Sequence[str]) -> str:
+    value = check_str(value, name)
+    if value not in allowed:
+        raise CTCInputError(
+            f"{name}: unknown value {value!r}, expected one of "
+            + ", ".join(repr(a) for a in allowed)
+        )
+    return value
+
+
+def batch(
+    log_probs: npt.ArrayLike,
+    targets: npt.ArrayLike,
+    input_lengths: Lengths,
+    target_lengths: Lengths,
+    blank: int,
+) -> Batch:
+    """Normalises the data arguments of every public function."""
+    lp = log_probs_array(log_probs)
+    batched = lp.ndim == 3
+    tg = int_array(targets, "targets")
+    if not batched:
+        if tg.ndim != 1:
+            raise CTCInputError(
+                f"targets: unbatched log_probs (T, C) need 1-D targets (S,), got shape {tg.shape}"
+            )
+        lp = lp[:, np.newaxis, :]
+        tg = tg[np.newaxis, :]
+    il = lengths(input_lengths, "input_lengths", batched)
+    tl = lengths(target_lengths, "target_lengths", batched)
+    try:
+        blank = operator.index(blank)
+    except TypeError:
+        raise CTCTypeError(f"blank: expected an integer, got {type(blank).__name__}") from None
+    if not -(2**63) <= blank < 2**63:
+        raise CTCInputError(f"blank: {blank} is outside [-C, C) for C={lp.shape[-1]} classes")
+    return Batch(lp, tg, il, tl, blank, batched)
