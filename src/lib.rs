@@ -37,7 +37,7 @@ mod python;
 use ndarray::{ArrayView1, ArrayView3};
 
 pub use error::{CtcError, ErrorKind};
-pub use options::{GradWrt, Options, Reduction};
+pub use options::{GradWrt, InputKind, Layout, Options, Reduction};
 pub use output::CtcOutput;
 pub use problem::{validate, Problem, Targets};
 pub use real::Real;

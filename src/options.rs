@@ -59,12 +59,70 @@ impl GradWrt {
     }
 }
 
+/// What the `(T, N, C)` input holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// Log-probabilities (normally `log_softmax` outputs, but not required to be).
+    LogProbs,
+    /// Unnormalised logits: `log_softmax` over classes is fused into the computation, and
+    /// `GradWrt::Logits` is the gradient with respect to this input.
+    Logits,
+}
+
+impl InputKind {
+    /// The accepted spellings.
+    pub const NAMES: &'static [&'static str] = &["log_probs", "logits"];
+
+    /// Parses `"log_probs"` or `"logits"`.
+    pub fn parse(value: &str) -> Result<Self, CtcError> {
+        match value {
+            "log_probs" => Ok(InputKind::LogProbs),
+            "logits" => Ok(InputKind::Logits),
+            _ => Err(CtcError::UnknownOption {
+                argument: "input_kind",
+                value: value.to_owned(),
+                allowed: Self::NAMES,
+            }),
+        }
+    }
+}
+
+/// The memory order of the gradient (and of the caller's input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `(T, N, C)`, torch's CTC layout.
+    Tnc,
+    /// `(N, T, C)`, batch-major, what most models produce.
+    Ntc,
+}
+
+impl Layout {
+    /// The accepted spellings.
+    pub const NAMES: &'static [&'static str] = &["TNC", "NTC"];
+
+    /// Parses `"TNC"` or `"NTC"`.
+    pub fn parse(value: &str) -> Result<Self, CtcError> {
+        match value {
+            "TNC" => Ok(Layout::Tnc),
+            "NTC" => Ok(Layout::Ntc),
+            _ => Err(CtcError::UnknownOption {
+                argument: "layout",
+                value: value.to_owned(),
+                allowed: Self::NAMES,
+            }),
+        }
+    }
+}
+
 /// Everything about a call that is not data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     pub reduction: Reduction,
     pub zero_infinity: bool,
     pub grad_wrt: GradWrt,
+    pub input_kind: InputKind,
+    /// The layout the gradient is returned in (the input is always a `(T, N, C)` view).
+    pub layout: Layout,
 }
 
 impl Default for Options {
@@ -73,6 +131,8 @@ impl Default for Options {
             reduction: Reduction::Mean,
             zero_infinity: false,
             grad_wrt: GradWrt::LogProbs,
+            input_kind: InputKind::LogProbs,
+            layout: Layout::Tnc,
         }
     }
 }
@@ -88,5 +148,11 @@ mod tests {
         let err = Reduction::parse("avg").unwrap_err().to_string();
         assert!(err.contains("reduction") && err.contains("avg") && err.contains("'mean'"));
         assert!(GradWrt::parse("probs").is_err());
+        assert_eq!(InputKind::parse("logits"), Ok(InputKind::Logits));
+        assert_eq!(Layout::parse("NTC"), Ok(Layout::Ntc));
+        assert!(Layout::parse("ntc")
+            .unwrap_err()
+            .to_string()
+            .contains("layout"));
     }
 }

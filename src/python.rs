@@ -15,7 +15,7 @@ use pyo3::types::PyTuple;
 
 use crate::cpu::CpuFloat;
 use crate::error::{CtcError, ErrorKind};
-use crate::options::{GradWrt, Options, Reduction};
+use crate::options::{GradWrt, InputKind, Layout, Options, Reduction};
 use crate::problem::{validate, Targets};
 use crate::real::Real;
 use crate::{cpu, threads};
@@ -200,7 +200,7 @@ fn shape_bug(error: ndarray::ShapeError) -> PyErr {
 /// `targets` an int64 array (2-D padded or 1-D concatenated), lengths 1-D int64 arrays.
 /// Returns `(loss, grad_or_None)`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_wrt, with_grad))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_wrt, with_grad, input_kind="log_probs", layout="TNC"))]
 #[allow(clippy::too_many_arguments)]
 fn ctc<'py>(
     py: Python<'py>,
@@ -213,11 +213,15 @@ fn ctc<'py>(
     zero_infinity: bool,
     grad_wrt: &str,
     with_grad: bool,
+    input_kind: &str,
+    layout: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let options = Options {
         reduction: Reduction::parse(reduction).map_err(to_py_err)?,
         zero_infinity,
         grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
+        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
+        layout: Layout::parse(layout).map_err(to_py_err)?,
     };
     let job = if with_grad {
         Job::LossAndGrad
@@ -238,7 +242,8 @@ fn ctc<'py>(
 
 /// Per-sample losses and the posterior occupancy `gamma`, `(losses, gamma)`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, zero_infinity))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, input_kind="log_probs", layout="TNC"))]
+#[allow(clippy::too_many_arguments)]
 fn posteriors<'py>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyAny>,
@@ -247,11 +252,15 @@ fn posteriors<'py>(
     target_lengths: PyReadonlyArray1<'py, i64>,
     blank: i64,
     zero_infinity: bool,
+    input_kind: &str,
+    layout: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let options = Options {
         reduction: Reduction::None,
         zero_infinity,
         grad_wrt: GradWrt::LogProbs,
+        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
+        layout: Layout::parse(layout).map_err(to_py_err)?,
     };
     dispatch(
         py,
@@ -267,7 +276,7 @@ fn posteriors<'py>(
 
 /// The best path of every sample: `(labels, scores, spans, path_scores)`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, input_kind="log_probs"))]
 fn align<'py>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyAny>,
@@ -275,7 +284,12 @@ fn align<'py>(
     input_lengths: PyReadonlyArray1<'py, i64>,
     target_lengths: PyReadonlyArray1<'py, i64>,
     blank: i64,
+    input_kind: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let options = Options {
+        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
+        ..Options::default()
+    };
     dispatch(
         py,
         log_probs,
@@ -283,7 +297,7 @@ fn align<'py>(
         &input_lengths,
         &target_lengths,
         blank,
-        Options::default(),
+        options,
         Job::Align,
     )
 }

@@ -51,6 +51,8 @@ __all__ = [
 
 Reduction = Literal["none", "sum", "mean"]
 GradWrt = Literal["log_probs", "logits"]
+InputKind = Literal["log_probs", "logits"]
+Layout = Literal["TNC", "NTC"]
 Device = Literal["cpu"]
 Lengths = _args.Lengths
 
@@ -65,13 +67,16 @@ def _run(
     blank: int,
     reduction: str,
     zero_infinity: bool,
-    grad_wrt: str,
+    grad_wrt: str | None,
     device: str,
     with_grad: bool,
+    input_kind: str,
+    layout: str,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank)
+    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
     reduction = _args.check_str(reduction, "reduction")
-    grad_wrt = _args.check_str(grad_wrt, "grad_wrt")
+    input_kind = _args.check_str(input_kind, "input_kind")
+    grad_wrt = _args.grad_wrt_for(grad_wrt, input_kind)
     _args.check_choice(device, "device", _DEVICES)
     loss, grad = _ctc(
         b.log_probs,
@@ -83,6 +88,8 @@ def _run(
         bool(zero_infinity),
         grad_wrt,
         with_grad,
+        input_kind,
+        b.layout,
     )
     if not b.batched:
         if loss.ndim == 1:
@@ -101,6 +108,8 @@ def ctc_loss(
     reduction: Reduction = "mean",
     zero_infinity: bool = False,
     *,
+    input_kind: InputKind = "log_probs",
+    layout: Layout = "TNC",
     device: Device = "cpu",
 ) -> np.ndarray:
     """The CTC loss, with the semantics of ``torch.nn.functional.ctc_loss``.
@@ -124,6 +133,12 @@ def ctc_loss(
         batch of ``loss_n / max(target_length_n, 1)``.
     zero_infinity : bool, default False
         Replace infinite losses (impossible alignments) by 0.
+    input_kind : {"log_probs", "logits"}, default "log_probs"
+        ``"logits"``: ``log_probs`` holds unnormalised logits, and ``log_softmax`` over the
+        classes is fused into the computation (no extra ``(T, N, C)`` array).
+    layout : {"TNC", "NTC"}, default "TNC"
+        ``"NTC"``: the input is batch-major ``(N, T, C)`` (read in place, no transposing
+        copy); gradients come back in the same layout. Ignored for unbatched input.
     device : {"cpu"}, default "cpu"
         The backend.
 
@@ -161,6 +176,8 @@ def ctc_loss(
         "log_probs",
         device,
         with_grad=False,
+        input_kind=input_kind,
+        layout=layout,
     )
     return loss
 
@@ -174,7 +191,9 @@ def ctc_loss_and_grad(
     reduction: Reduction = "mean",
     zero_infinity: bool = False,
     *,
-    grad_wrt: GradWrt = "log_probs",
+    grad_wrt: GradWrt | None = None,
+    input_kind: InputKind = "log_probs",
+    layout: Layout = "TNC",
     device: Device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The CTC loss and its gradient.
@@ -183,12 +202,14 @@ def ctc_loss_and_grad(
 
     Parameters
     ----------
-    grad_wrt : {"log_probs", "logits"}, default "log_probs"
+    grad_wrt : {"log_probs", "logits"}, default: the gradient with respect to the input
         ``"log_probs"``: the true gradient ``d loss / d log_probs = -gamma``, where ``gamma``
         is the posterior occupancy of each class at each frame. ``"logits"``:
         ``exp(log_probs) - gamma``, the gradient with respect to the logits when
         ``log_probs = log_softmax(logits)``; this is what torch returns as
-        ``log_probs.grad``.
+        ``log_probs.grad``. The default is ``"log_probs"``, or ``"logits"`` with
+        ``input_kind="logits"`` (then ``softmax(input) - gamma``, the gradient with respect
+        to the input).
 
     Returns
     -------
@@ -220,6 +241,8 @@ def ctc_loss_and_grad(
         grad_wrt,
         device,
         with_grad=True,
+        input_kind=input_kind,
+        layout=layout,
     )
     assert grad is not None
     return loss, grad
@@ -233,6 +256,8 @@ def ctc_posteriors(
     blank: int = 0,
     zero_infinity: bool = False,
     *,
+    input_kind: InputKind = "log_probs",
+    layout: Layout = "TNC",
     device: Device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample losses and the posterior occupancy ``gamma``.
@@ -241,7 +266,7 @@ def ctc_posteriors(
     emits class ``c``: each valid frame sums to 1, frames past the input length are 0. It is
     minus the true gradient of the summed loss (DESIGN.md section 1), useful for label
     smoothing, regularisers, confidence estimates and soft alignments. Takes the data
-    arguments of :func:`ctc_loss`.
+    arguments of :func:`ctc_loss`, and its ``input_kind`` and ``layout``.
 
     Returns
     -------
@@ -259,10 +284,18 @@ def ctc_posteriors(
     >>> gamma[:, 0, :].sum(axis=1).tolist()
     [1.0, 1.0, 1.0]
     """
-    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank)
+    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
+    input_kind = _args.check_str(input_kind, "input_kind")
     _args.check_choice(device, "device", _DEVICES)
     losses, gamma = _posteriors(
-        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, bool(zero_infinity)
+        b.log_probs,
+        b.targets,
+        b.input_lengths,
+        b.target_lengths,
+        b.blank,
+        bool(zero_infinity),
+        input_kind,
+        b.layout,
     )
     if not b.batched:
         return losses.reshape(()), gamma[:, 0, :]

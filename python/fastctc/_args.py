@@ -18,16 +18,28 @@ from fastctc._core import CTCInputError, CTCTypeError
 
 Lengths = Union[npt.ArrayLike, Sequence[int], int]  # noqa: UP007 (runtime alias, py3.10)
 
+LAYOUTS = ("TNC", "NTC")
+INPUT_KINDS = ("log_probs", "logits")
+
+
+def grad_wrt_for(grad_wrt: str | None, input_kind: str) -> str:
+    """The gradient convention: by default the gradient with respect to the caller's input
+    (``"log_probs"`` for log-probability input, ``"logits"`` for logits input)."""
+    if grad_wrt is None:
+        return "logits" if input_kind == "logits" else "log_probs"
+    return check_str(grad_wrt, "grad_wrt")
+
 
 class Batch(NamedTuple):
     """A batch in the form the native module takes."""
 
-    log_probs: np.ndarray  # (T, N, C) float32/float64, any strides
+    log_probs: np.ndarray  # (T, N, C) float32/float64, any strides (a view for "NTC" input)
     targets: np.ndarray  # (N, S) or 1-D int64
     input_lengths: np.ndarray  # (N,) int64
     target_lengths: np.ndarray  # (N,) int64
     blank: int
     batched: bool  # False when the caller passed one unbatched (T, C) sample
+    layout: str  # the gradient layout to ask the core for: "TNC" or "NTC"
 
 
 def int_array(value: object, name: str) -> np.ndarray:
@@ -105,10 +117,20 @@ def batch(
     input_lengths: Lengths,
     target_lengths: Lengths,
     blank: int,
+    layout: str = "TNC",
 ) -> Batch:
-    """Normalises the data arguments of every public function."""
+    """Normalises the data arguments of every public function.
+
+    ``layout="NTC"`` takes a batch-major ``(N, T, C)`` array and hands the core a transposed
+    view of it (no copy); an unbatched ``(T, C)`` input has no batch axis and ignores it.
+    """
+    layout = check_choice(layout, "layout", LAYOUTS)
     lp = log_probs_array(log_probs)
     batched = lp.ndim == 3
+    if not batched:
+        layout = "TNC"
+    elif layout == "NTC":
+        lp = lp.transpose(1, 0, 2)
     tg = int_array(targets, "targets")
     if not batched:
         if tg.ndim != 1:
@@ -125,4 +147,4 @@ def batch(
         raise CTCTypeError(f"blank: expected an integer, got {type(blank).__name__}") from None
     if not -(2**63) <= blank < 2**63:
         raise CTCInputError(f"blank: {blank} is outside [-C, C) for C={lp.shape[-1]} classes")
-    return Batch(lp, tg, il, tl, blank, batched)
+    return Batch(lp, tg, il, tl, blank, batched, layout)

@@ -20,6 +20,8 @@ def ctc(
     zero_infinity: bool,
     grad_wrt: str,
     with_grad: bool,
+    input_kind: str = "log_probs",
+    layout: str = "TNC",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Computes CTC losses (and the gradient when ``with_grad``) of a normalised batch."""
 
@@ -30,6 +32,8 @@ def posteriors(
     target_lengths: np.ndarray,
     blank: int,
     zero_infinity: bool,
+    input_kind: str = "log_probs",
+    layout: str = "TNC",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample losses and the posterior occupancy of a normalised batch."""
 
@@ -39,6 +43,7 @@ def align(
     input_lengths: np.ndarray,
     target_lengths: np.ndarray,
     blank: int,
+    input_kind: str = "log_probs",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The best path of every sample: (labels, scores, spans, path_scores)."""
 

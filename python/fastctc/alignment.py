@@ -51,12 +51,16 @@ def ctc_align(
     target_lengths: _args.Lengths,
     blank: int = 0,
     *,
+    input_kind: str = "log_probs",
+    layout: str = "TNC",
     device: str = "cpu",
 ) -> Alignment:
     """Batched forced alignment (Viterbi): the most likely path of each sample's target.
 
-    Takes the data arguments of :func:`fastctc.ctc_loss`, with the same validation. Samples
-    are aligned in parallel. An unbatched ``(T, C)`` input gives outputs with ``N = 1``.
+    Takes the data arguments of :func:`fastctc.ctc_loss`, with the same validation, and its
+    ``input_kind`` (``"logits"`` fuses a ``log_softmax``; scores are then log-probabilities)
+    and ``layout`` (``"NTC"`` for batch-major input). Samples are aligned in parallel. An
+    unbatched ``(T, C)`` input gives outputs with ``N = 1``.
 
     Ties are broken deterministically: at each frame a state prefers the predecessor with the
     highest state index (staying in the same state, then advancing by one, then skipping a
@@ -73,10 +77,11 @@ def ctc_align(
     >>> result.labels[0].tolist(), result.spans[0].tolist()
     ([0, 1, 1, 0, 2], [[1, 3], [4, 5]])
     """
-    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank)
+    b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
+    input_kind = _args.check_str(input_kind, "input_kind")
     _args.check_choice(device, "device", ("cpu",))
     labels, scores, spans, path_scores = _align(
-        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank
+        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, input_kind
     )
     path_scores = np.asarray(path_scores, dtype=np.float64)
     return Alignment(labels, scores, spans, path_scores, np.isfinite(path_scores))

@@ -28,6 +28,9 @@ pub struct SampleRef<'p, F> {
     pub labels: &'p [u32],
     /// Blank class, in `[0, C)`.
     pub blank: usize,
+    /// The input holds logits: each frame is shifted by its log-sum-exp over classes (a fused
+    /// `log_softmax`), and the logits gradient is taken with respect to this input.
+    pub logits: bool,
 }
 
 /// How a gradient row is written.
@@ -64,6 +67,9 @@ pub struct Workspace<F> {
     occupancy: Vec<f64>,
     /// The class of each extended state (the blank or a label), each in `[0, C)`.
     classes: Vec<usize>,
+    /// Per frame, what is subtracted from the input to get log-probabilities: 0 for
+    /// log-probability input, the log-sum-exp over classes for logits.
+    log_norm: Vec<f64>,
 }
 
 impl<F: FastMath> Workspace<F> {
@@ -77,6 +83,7 @@ impl<F: FastMath> Workspace<F> {
             skip: Vec::new(),
             occupancy: Vec::new(),
             classes: Vec::new(),
+            log_norm: Vec::new(),
         }
     }
 }
@@ -174,6 +181,7 @@ fn gather<F: FastMath>(
     lo: usize,
     hi: usize,
     classes: &[usize],
+    norm: f64,
     emit: &mut [f64],
 ) -> bool {
     let row = x.log_probs.row(t);
@@ -186,11 +194,45 @@ fn gather<F: FastMath>(
         // SAFETY: `class < len` (checked above; validation guarantees it, so the check is
         // free in practice), and element `class` of a row of `len` elements with this
         // stride lies inside the array `row` views.
-        let v = unsafe { *base.offset(class as isize * stride) }.to_f64();
+        let v = unsafe { *base.offset(class as isize * stride) }.to_f64() - norm;
         finite_or_neg_inf &= v < f64::INFINITY;
         *slot = v;
     }
     finite_or_neg_inf
+}
+
+/// `ln(sum_c exp(row[c]))` in float64: what turns a row of logits into log-probabilities.
+/// `-inf` for a row of `-inf`, NaN when the row holds a NaN or `+inf`.
+#[inline(always)]
+pub fn log_sum_exp<F: FastMath>(row: ndarray::ArrayView1<'_, F>) -> f64 {
+    let mut m = f64::NEG_INFINITY;
+    let mut bad = false;
+    for &v in row.iter() {
+        let v = v.to_f64();
+        bad |= v.is_nan() || v == f64::INFINITY;
+        m = m.fmax(v);
+    }
+    if bad {
+        return f64::NAN;
+    }
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    let total: f64 = match row.as_slice() {
+        Some(values) => values.iter().map(|&v| F::lattice_exp(v.to_f64() - m)).sum(),
+        None => row.iter().map(|&v| F::lattice_exp(v.to_f64() - m)).sum(),
+    };
+    m + total.ln()
+}
+
+/// Fills `norm[t]` for the frames of a sample (see `Workspace::log_norm`).
+fn fill_log_norm<F: FastMath>(x: &SampleRef<'_, F>, norm: &mut Vec<f64>) {
+    norm.clear();
+    if x.logits {
+        norm.extend((0..x.input_len).map(|t| log_sum_exp(x.log_probs.row(t))));
+    } else {
+        norm.resize(x.input_len, 0.0);
+    }
 }
 
 /// The class of each extended state: the blank on even states, the labels on odd ones.
@@ -252,11 +294,12 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
     }
     fill_skip(labels, &mut ws.skip);
     fill_classes(labels, x.blank, &mut ws.classes);
+    fill_log_norm(x, &mut ws.log_norm);
 
     let mut log_scale = 0.0f64;
     for t in 0..t_len {
         let (lo, hi) = band(t, t_len, states);
-        if !gather(x, t, lo, hi, &ws.classes, &mut ws.emit) {
+        if !gather(x, t, lo, hi, &ws.classes, ws.log_norm[t], &mut ws.emit) {
             return f64::NAN;
         }
         let (cur, prev) = two_rows(&mut ws.alpha, t % 2, (t + 1) % 2, width);
@@ -384,16 +427,19 @@ pub fn forward_backward<F: FastMath>(
 
         let mut row = grad.row_mut(t);
         if spec.wrt == GradWrt::Logits {
+            // softmax of the input row: exp(log_prob) for log-probabilities, exp(logit - lse)
+            // for logits.
             let lp = x.log_probs.row(t);
+            let shift = F::from_f64(ws.log_norm[t]);
             match (row.as_slice_mut(), lp.as_slice()) {
                 (Some(out), Some(lp)) => {
                     for (g, &v) in out.iter_mut().zip(lp) {
-                        *g = v.fast_exp() * spec.scale;
+                        *g = (v - shift).fast_exp() * spec.scale;
                     }
                 }
                 _ => {
                     for (g, &v) in row.iter_mut().zip(lp.iter()) {
-                        *g = v.fast_exp() * spec.scale;
+                        *g = (v - shift).fast_exp() * spec.scale;
                     }
                 }
             }
@@ -412,7 +458,7 @@ pub fn forward_backward<F: FastMath>(
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
         if t > 0 {
-            gather(x, t, lo, hi, &ws.classes, &mut ws.emit);
+            gather(x, t, lo, hi, &ws.classes, ws.log_norm[t], &mut ws.emit);
         }
     }
     log_lik
@@ -429,6 +475,7 @@ mod tests {
             input_len: lp.nrows(),
             labels,
             blank: 0,
+            logits: false,
         };
         forward(&x, &mut Workspace::new(), false)
     }
@@ -472,6 +519,7 @@ mod tests {
             input_len: 6,
             labels: &labels,
             blank: 0,
+            logits: false,
         };
         let mut grad = Array2::<f64>::zeros((6, 4));
         let spec = GradSpec {

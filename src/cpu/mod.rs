@@ -15,7 +15,7 @@ pub use dispatch::{level as simd_level, SimdLevel};
 pub use fastmath::FastMath;
 pub use lattice::{GradSpec, SampleRef, Workspace};
 
-use crate::options::Reduction;
+use crate::options::{InputKind, Layout, Reduction};
 use crate::output::{AlignmentOutput, CtcOutput};
 use crate::problem::Problem;
 use crate::real::Real;
@@ -76,6 +76,7 @@ fn sample_ref<'p, F: Real>(problem: &'p Problem<'_, F>, n: usize) -> SampleRef<'
         input_len: problem.samples[n].input_len,
         labels: problem.labels_of(n),
         blank: problem.blank,
+        logits: problem.options.input_kind == InputKind::Logits,
     }
 }
 
@@ -144,11 +145,20 @@ fn compute_with_grad<F: CpuFloat>(
     // vec! of zeros is calloc: pages the kernel never writes (frames past an input length)
     // cost nothing.
     let zeros = vec![F::ZERO; t_max * batch * classes];
-    let mut grad = Array3::from_shape_vec((t_max, batch, classes), zeros)
-        .expect("the buffer has exactly t_max * batch * classes elements");
+    // The kernels write through a (T, N, C) view; for batch-major output that view is a
+    // transposition of (N, T, C) memory.
+    let mut grad = match problem.options.layout {
+        Layout::Tnc => Array3::from_shape_vec((t_max, batch, classes), zeros),
+        Layout::Ntc => Array3::from_shape_vec((batch, t_max, classes), zeros),
+    }
+    .expect("the buffer has exactly t_max * batch * classes elements");
     let mut losses = vec![0.0f64; batch];
     {
-        let mut jobs: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = grad
+        let mut view = grad.view_mut();
+        if problem.options.layout == Layout::Ntc {
+            view.swap_axes(0, 1);
+        }
+        let mut jobs: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = view
             .axis_iter_mut(Axis(1))
             .zip(losses.iter_mut())
             .enumerate()
@@ -206,7 +216,8 @@ pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
                     scores,
                     spans,
                 };
-                *score = VITERBI_WORKSPACE.with(|ws| viterbi::align(&x, &mut ws.borrow_mut(), rows));
+                *score =
+                    VITERBI_WORKSPACE.with(|ws| viterbi::align(&x, &mut ws.borrow_mut(), rows));
             });
     });
     out

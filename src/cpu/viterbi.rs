@@ -10,8 +10,8 @@
 
 use ndarray::{ArrayViewMut1, ArrayViewMut2};
 
+use super::fastmath::FastMath;
 use super::lattice::SampleRef;
-use crate::real::Real;
 
 /// Where one sample's alignment goes: rows of the batch outputs.
 pub struct AlignmentRows<'a, F> {
@@ -32,12 +32,14 @@ pub struct ViterbiWorkspace {
     back: Vec<u8>,
     /// The state of each frame on the best path.
     path: Vec<usize>,
+    /// Per frame, the log-sum-exp subtracted from logits input (0 for log-probabilities).
+    log_norm: Vec<f64>,
 }
 
 /// Aligns one sample and writes its rows. Returns the best path's total log-probability
 /// (`-inf` when no alignment exists, NaN when a NaN was read); rows of a sample without a
 /// finite best path keep their fill values (-1 / NaN).
-pub fn align<F: Real>(
+pub fn align<F: FastMath>(
     x: &SampleRef<'_, F>,
     ws: &mut ViterbiWorkspace,
     mut out: AlignmentRows<'_, F>,
@@ -67,8 +69,15 @@ pub fn align<F: Real>(
     };
     let can_skip_into = |s: usize| s % 2 == 1 && s >= 3 && labels[s / 2] != labels[s / 2 - 1];
 
+    ws.log_norm.clear();
     for t in 0..t_len {
         let row = x.log_probs.row(t);
+        let norm = if x.logits {
+            super::lattice::log_sum_exp(row)
+        } else {
+            0.0
+        };
+        ws.log_norm.push(norm);
         let (cur, prev) = if t % 2 == 0 {
             let (a, b) = ws.rows.split_at_mut(width);
             (a, &*b)
@@ -79,7 +88,7 @@ pub fn align<F: Real>(
         cur.fill(f64::NEG_INFINITY);
         let hi = (2 * t + 1).min(states - 1);
         for s in 0..=hi {
-            let emit = row[class_of(s)].to_f64();
+            let emit = row[class_of(s)].to_f64() - norm;
             if emit.is_nan() {
                 return f64::NAN;
             }
@@ -124,7 +133,7 @@ pub fn align<F: Real>(
     for (t, &s) in ws.path.iter().enumerate() {
         let class = class_of(s);
         out.labels[t] = class as i64;
-        out.scores[t] = x.log_probs[[t, class]];
+        out.scores[t] = F::from_f64(x.log_probs[[t, class]].to_f64() - ws.log_norm[t]);
         if s % 2 == 1 {
             let token = s / 2;
             if out.spans[[token, 0]] < 0 {
@@ -158,6 +167,7 @@ mod tests {
             input_len: 5,
             labels: &labels,
             blank: 0,
+            logits: false,
         };
         let mut out_labels = Array1::from_elem(5, -1i64);
         let mut scores = Array1::from_elem(5, f64::NAN);
