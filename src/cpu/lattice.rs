@@ -60,6 +60,9 @@ pub struct Workspace<F> {
     next_weighted: Vec<f64>,
     /// Emissions of one frame, per extended state.
     emit: Vec<f64>,
+    /// The input at the blank and each label, per frame (`L + 1` per row): read once by the
+    /// forward pass (one load per label, not per state), reused by the backward pass.
+    frames: Vec<F>,
     /// Additive mask: 0 where state `s` may be entered from `s - 2`, else `-inf`; width
     /// `states + PAD`.
     skip: Vec<f64>,
@@ -70,6 +73,10 @@ pub struct Workspace<F> {
     /// Per frame, what is subtracted from the input to get log-probabilities: 0 for
     /// log-probability input, the log-sum-exp over classes for logits.
     log_norm: Vec<f64>,
+    /// Occupancy per class of the current frame (length C, all zero between frames).
+    class_total: Vec<f64>,
+    /// The blank and the target's labels, each once.
+    distinct_classes: Vec<usize>,
 }
 
 impl<F: FastMath> Workspace<F> {
@@ -80,10 +87,13 @@ impl<F: FastMath> Workspace<F> {
             beta: Vec::new(),
             next_weighted: Vec::new(),
             emit: Vec::new(),
+            frames: Vec::new(),
             skip: Vec::new(),
             occupancy: Vec::new(),
             classes: Vec::new(),
             log_norm: Vec::new(),
+            class_total: Vec::new(),
+            distinct_classes: Vec::new(),
         }
     }
 }
@@ -172,33 +182,70 @@ fn sum_of(values: &[f64]) -> f64 {
     total
 }
 
-/// Fills `emit[lo..=hi]` with frame `t`'s emission of each state. Returns false when a
-/// value is NaN or `+inf`: such an input makes the loss NaN.
+/// Reads frame `t`'s input for the blank and each label into `out` (`[blank, label_0, ...]`),
+/// one load per label. Returns false when a value (minus `norm`) is NaN or `+inf`: such an
+/// input makes the loss NaN.
 #[inline(always)]
-fn gather<F: FastMath>(
-    x: &SampleRef<'_, F>,
-    t: usize,
-    lo: usize,
-    hi: usize,
-    classes: &[usize],
-    norm: f64,
-    emit: &mut [f64],
-) -> bool {
+fn read_frame<F: FastMath>(x: &SampleRef<'_, F>, t: usize, norm: f64, out: &mut [F]) -> bool {
     let row = x.log_probs.row(t);
     let base = row.as_ptr();
     let stride = row.strides()[0];
     let len = row.len();
     let mut finite_or_neg_inf = true;
-    for (slot, &class) in emit[lo..=hi].iter_mut().zip(&classes[lo..=hi]) {
+    let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
+    for (slot, class) in out.iter_mut().zip(classes) {
         assert!(class < len);
         // SAFETY: `class < len` (checked above; validation guarantees it, so the check is
         // free in practice), and element `class` of a row of `len` elements with this
         // stride lies inside the array `row` views.
-        let v = unsafe { *base.offset(class as isize * stride) }.to_f64() - norm;
-        finite_or_neg_inf &= v < f64::INFINITY;
+        let v = unsafe { *base.offset(class as isize * stride) };
+        finite_or_neg_inf &= v.to_f64() - norm < f64::INFINITY;
         *slot = v;
     }
     finite_or_neg_inf
+}
+
+/// Asks the CPU to start loading frame `t`'s input row, when it is contiguous and wide: the
+/// labels are read at scattered places of the row, which the hardware prefetcher cannot
+/// predict, and with a large vocabulary each read would otherwise wait for memory.
+#[inline(always)]
+fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const LINE: usize = 64;
+        let row = x.log_probs.row(t);
+        let bytes = row.len() * std::mem::size_of::<F>();
+        if row.strides()[0] == 1 && bytes > 4 * LINE {
+            let base = row.as_ptr() as *const i8;
+            for offset in (0..bytes).step_by(LINE) {
+                // SAFETY: prefetching has no architectural effect; the address lies inside
+                // the row (offset < bytes).
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        base.add(offset),
+                    )
+                };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, t);
+    }
+}
+
+/// Expands a frame read by `read_frame` to the emissions of states `lo..=hi`, in float64
+/// and shifted by `norm`.
+#[inline(always)]
+fn expand<F: FastMath>(frame: &[F], lo: usize, hi: usize, norm: f64, emit: &mut [f64]) {
+    for (s, slot) in emit.iter_mut().enumerate().take(hi + 1).skip(lo) {
+        let v = if s % 2 == 0 {
+            frame[0]
+        } else {
+            frame[s / 2 + 1]
+        };
+        *slot = v.to_f64() - norm;
+    }
 }
 
 /// `ln(sum_c exp(row[c]))` in float64: what turns a row of logits into log-probabilities.
@@ -292,6 +339,8 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
     if keep_table {
         reset(&mut ws.table, t_len * states, F::NEG_INFINITY);
     }
+    let frame_rows = if keep_table { t_len } else { 1 };
+    reset(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
     fill_skip(labels, &mut ws.skip);
     fill_classes(labels, x.blank, &mut ws.classes);
     fill_log_norm(x, &mut ws.log_norm);
@@ -299,9 +348,15 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
     let mut log_scale = 0.0f64;
     for t in 0..t_len {
         let (lo, hi) = band(t, t_len, states);
-        if !gather(x, t, lo, hi, &ws.classes, ws.log_norm[t], &mut ws.emit) {
+        if t + 1 < t_len {
+            prefetch_frame(x, t + 1);
+        }
+        let row = if keep_table { t } else { 0 };
+        let frame = &mut ws.frames[row * (labels.len() + 1)..(row + 1) * (labels.len() + 1)];
+        if !read_frame(x, t, ws.log_norm[t], frame) {
             return f64::NAN;
         }
+        expand(frame, lo, hi, ws.log_norm[t], &mut ws.emit);
         let (cur, prev) = two_rows(&mut ws.alpha, t % 2, (t + 1) % 2, width);
         // The row is reused: clear what this frame does not write.
         cur[..PAD + lo].fill(f64::NEG_INFINITY);
@@ -379,6 +434,14 @@ pub fn forward_backward<F: FastMath>(
     reset(&mut ws.beta, 2 * width, f64::NEG_INFINITY);
     reset(&mut ws.next_weighted, width, f64::NEG_INFINITY);
     reset(&mut ws.occupancy, states, 0.0);
+    reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
+    ws.distinct_classes.clear();
+    ws.distinct_classes
+        .extend_from_slice(&ws.classes[..states.min(2)]);
+    ws.distinct_classes
+        .extend(labels.iter().map(|&l| l as usize));
+    ws.distinct_classes.sort_unstable();
+    ws.distinct_classes.dedup();
     let scale = spec.scale.to_f64();
 
     for t in (0..t_len).rev() {
@@ -444,21 +507,33 @@ pub fn forward_backward<F: FastMath>(
                 }
             }
         }
-        let mut blank_total = 0.0f64;
+        // Sum the occupancy per class in float64, then touch each class of the row once.
+        // For the log_probs gradient the first touch of a row is then a store: the row is
+        // fresh zeroed memory, and a read-modify-write would fault its page twice (read the
+        // shared zero page, then copy on write).
+        let acc = &mut ws.class_total;
         for (i, &o) in occ.iter().enumerate() {
-            let s = lo + i;
-            if s % 2 == 0 {
-                blank_total += o;
-            } else {
-                let class = labels[s / 2] as usize;
-                row[class] -= F::from_f64(o * weight);
-            }
+            acc[ws.classes[lo + i]] += o;
         }
-        row[x.blank] -= F::from_f64(blank_total * weight);
+        for &class in &ws.distinct_classes {
+            let g = F::from_f64(-acc[class] * weight);
+            match spec.wrt {
+                GradWrt::LogProbs => row[class] = g,
+                GradWrt::Logits => row[class] += g,
+            }
+            acc[class] = 0.0;
+        }
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
         if t > 0 {
-            gather(x, t, lo, hi, &ws.classes, ws.log_norm[t], &mut ws.emit);
+            let width = labels.len() + 1;
+            expand(
+                &ws.frames[t * width..(t + 1) * width],
+                lo,
+                hi,
+                ws.log_norm[t],
+                &mut ws.emit,
+            );
         }
     }
     log_lik
