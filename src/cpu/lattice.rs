@@ -234,17 +234,26 @@ fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize) {
     }
 }
 
-/// Expands a frame read by `read_frame` to the emissions of states `lo..=hi`, in float64
-/// and shifted by `norm`.
+/// Expands a frame read by `read_frame` to the emissions of states `lo..=hi` (and perhaps a
+/// few more), in float64 and shifted by `norm`.
 #[inline(always)]
 fn expand<F: FastMath>(frame: &[F], lo: usize, hi: usize, norm: f64, emit: &mut [f64]) {
-    for (s, slot) in emit.iter_mut().enumerate().take(hi + 1).skip(lo) {
-        let v = if s % 2 == 0 {
-            frame[0]
-        } else {
-            frame[s / 2 + 1]
-        };
-        *slot = v.to_f64() - norm;
+    // Whole (blank, label) pairs covering lo..=hi: a branch-free loop that vectorises.
+    // Pair j is states (2j, 2j+1): the blank and label j (frame[j + 1]).
+    let labels = frame.len() - 1;
+    let first = lo / 2;
+    let end = (hi / 2 + 1).min(labels);
+    let blank = frame[0].to_f64() - norm;
+    if first < end {
+        let pairs = emit[2 * first..2 * end].chunks_exact_mut(2);
+        for (pair, &label) in pairs.zip(&frame[first + 1..end + 1]) {
+            pair[0] = blank;
+            pair[1] = label.to_f64() - norm;
+        }
+    }
+    if hi == 2 * labels {
+        // The final blank, which has no label after it.
+        emit[hi] = blank;
     }
 }
 
