@@ -52,6 +52,16 @@ pub enum CtcError {
     },
     /// A setting that is out of range (for example a thread count of 0).
     Setting { message: String },
+    /// `device="gpu"` but no usable GPU adapter: `tried` says which backends and adapters were
+    /// considered, `message` why none was taken.
+    GpuUnavailable { tried: String, message: String },
+    /// The GPU adapter cannot compute in this dtype (float64 without 64-bit float shaders).
+    GpuUnsupportedDtype {
+        dtype: &'static str,
+        adapter: String,
+    },
+    /// The GPU failed (device lost, out of memory) or cannot hold one sample of the batch.
+    Gpu { message: String },
 }
 
 /// The broad class of an error, used to pick the Python exception type.
@@ -59,12 +69,23 @@ pub enum CtcError {
 pub enum ErrorKind {
     /// Bad values: maps to a `ValueError` subclass.
     Value,
+    /// An input of a type the chosen backend cannot take: maps to a `TypeError` subclass.
+    Type,
+    /// No GPU to run on: maps to `GpuUnavailableError`, a `RuntimeError`.
+    GpuUnavailable,
+    /// The machine failed at run time: maps to `RuntimeError`.
+    Runtime,
 }
 
 impl CtcError {
     /// The broad class of this error.
     pub fn kind(&self) -> ErrorKind {
-        ErrorKind::Value
+        match self {
+            CtcError::GpuUnavailable { .. } => ErrorKind::GpuUnavailable,
+            CtcError::GpuUnsupportedDtype { .. } => ErrorKind::Type,
+            CtcError::Gpu { .. } => ErrorKind::Runtime,
+            _ => ErrorKind::Value,
+        }
     }
 }
 
@@ -137,6 +158,21 @@ impl fmt::Display for CtcError {
                 )
             }
             CtcError::Setting { message } => f.write_str(message),
+            CtcError::GpuUnavailable { tried, message } => write!(
+                f,
+                "device='gpu': {message} (tried: {tried}). Install a GPU driver with Vulkan, \
+                 Metal, DX12 or OpenGL ES 3.1 support (on Linux without a GPU, Mesa's software \
+                 driver: `apt-get install mesa-vulkan-drivers libvulkan1`); choose a backend or \
+                 adapter with WGPU_BACKEND=vulkan|metal|dx12|gl and WGPU_ADAPTER_NAME=<part of \
+                 its name>; or use device='cpu'"
+            ),
+            CtcError::GpuUnsupportedDtype { dtype, adapter } => write!(
+                f,
+                "log_probs: device='gpu' cannot compute in {dtype}: the GPU adapter ({adapter}) \
+                 has no 64-bit float shaders (SHADER_F64). fastctc does not downcast silently: \
+                 pass float32 log_probs (log_probs.astype(numpy.float32)) or use device='cpu'"
+            ),
+            CtcError::Gpu { message } => write!(f, "device='gpu': {message}"),
         }
     }
 }
@@ -167,5 +203,31 @@ mod tests {
             limit: 8,
         };
         assert!(e.to_string().contains("negative"));
+    }
+
+    #[test]
+    fn gpu_errors_say_what_to_do() {
+        let e = CtcError::GpuUnavailable {
+            tried: "Vulkan, GL: no adapters".into(),
+            message: "no GPU adapter found".into(),
+        };
+        assert_eq!(e.kind(), ErrorKind::GpuUnavailable);
+        let text = e.to_string();
+        assert!(text.contains("Vulkan, GL") && text.contains("mesa-vulkan-drivers"));
+        assert!(text.contains("WGPU_BACKEND") && text.contains("device='cpu'"));
+
+        let e = CtcError::GpuUnsupportedDtype {
+            dtype: "float64",
+            adapter: "llvmpipe (Vulkan)".into(),
+        };
+        assert_eq!(e.kind(), ErrorKind::Type);
+        assert!(e.to_string().contains("float32") && e.to_string().contains("device='cpu'"));
+        assert_eq!(
+            CtcError::Gpu {
+                message: "x".into()
+            }
+            .kind(),
+            ErrorKind::Runtime
+        );
     }
 }

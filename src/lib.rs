@@ -25,6 +25,8 @@
 
 pub mod cpu;
 pub mod error;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod options;
 pub mod output;
 pub mod problem;

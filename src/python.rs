@@ -9,14 +9,15 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::cpu::CpuFloat;
 use crate::error::{CtcError, ErrorKind};
 use crate::options::{GradWrt, InputKind, Layout, Options, Reduction};
-use crate::problem::{validate, Targets};
+use crate::output::CtcOutput;
+use crate::problem::{validate, Problem, Targets};
 use crate::real::Real;
 use crate::{cpu, threads};
 
@@ -32,13 +33,98 @@ create_exception!(
     PyTypeError,
     "An argument has the wrong type or dtype (for example float targets)."
 );
+create_exception!(
+    fastctc,
+    GpuUnavailableError,
+    PyRuntimeError,
+    "device='gpu' but no usable GPU adapter: the message says what was tried and how to \
+     install a driver."
+);
 
 /// The one mapping from the crate's error to a Python exception.
 fn to_py_err(error: CtcError) -> PyErr {
     match error.kind() {
         ErrorKind::Value => CTCInputError::new_err(error.to_string()),
+        ErrorKind::Type => CTCTypeError::new_err(error.to_string()),
+        ErrorKind::GpuUnavailable => GpuUnavailableError::new_err(error.to_string()),
+        ErrorKind::Runtime => PyRuntimeError::new_err(error.to_string()),
     }
 }
+
+/// The backend a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    const NAMES: &'static [&'static str] = &["cpu", "gpu"];
+
+    fn parse(value: &str) -> Result<Self, CtcError> {
+        match value {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            _ => Err(CtcError::UnknownOption {
+                argument: "device",
+                value: value.to_owned(),
+                allowed: Self::NAMES,
+            }),
+        }
+    }
+}
+
+/// The error for `device="gpu"` in a build without the GPU backend.
+#[cfg(not(feature = "gpu"))]
+fn no_gpu_backend() -> CtcError {
+    CtcError::GpuUnavailable {
+        tried: "nothing".to_owned(),
+        message: "this build of fastctc has no GPU backend (it was compiled without the cargo \
+                  feature 'gpu')"
+            .to_owned(),
+    }
+}
+
+/// A float type the binding takes: the CPU kernels, and the GPU kernels when built with them.
+trait Float: CpuFloat + Element {
+    fn gpu_compute(
+        problem: &Problem<'_, Self>,
+        with_grad: bool,
+    ) -> Result<CtcOutput<Self>, CtcError>;
+    fn gpu_posteriors(problem: &Problem<'_, Self>) -> Result<CtcOutput<Self>, CtcError>;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            fn gpu_compute(
+                problem: &Problem<'_, Self>,
+                with_grad: bool,
+            ) -> Result<CtcOutput<Self>, CtcError> {
+                #[cfg(feature = "gpu")]
+                return crate::gpu::compute(problem, with_grad);
+                #[cfg(not(feature = "gpu"))]
+                {
+                    let _ = (problem, with_grad);
+                    Err(no_gpu_backend())
+                }
+            }
+
+            fn gpu_posteriors(problem: &Problem<'_, Self>) -> Result<CtcOutput<Self>, CtcError> {
+                #[cfg(feature = "gpu")]
+                return crate::gpu::posteriors(problem);
+                #[cfg(not(feature = "gpu"))]
+                {
+                    let _ = problem;
+                    Err(no_gpu_backend())
+                }
+            }
+        }
+    };
+}
+
+impl_float!(f32);
+impl_float!(f64);
 
 /// Runs `work` without the GIL. Every kernel goes through here; NumPy borrow guards stay
 /// with the caller, outside the closure.
@@ -95,7 +181,7 @@ fn loss_array<'py, F: Real + Element>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<'py, F: CpuFloat + Element>(
+fn run<'py, F: Float>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyArray3<F>>,
     targets: &PyReadonlyArrayDyn<'py, i64>,
@@ -104,6 +190,7 @@ fn run<'py, F: CpuFloat + Element>(
     blank: i64,
     options: Options,
     job: Job,
+    device: Device,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let log_probs = log_probs.try_readonly()?;
     let problem = validate(
@@ -118,7 +205,12 @@ fn run<'py, F: CpuFloat + Element>(
 
     let items: Vec<Bound<'py, PyAny>> = match job {
         Job::Loss | Job::LossAndGrad => {
-            let output = without_gil(py, || cpu::compute(&problem, job == Job::LossAndGrad));
+            let with_grad = job == Job::LossAndGrad;
+            let output = without_gil(py, || match device {
+                Device::Cpu => Ok(cpu::compute(&problem, with_grad)),
+                Device::Gpu => F::gpu_compute(&problem, with_grad),
+            })
+            .map_err(to_py_err)?;
             let per_sample = output.reduction == Reduction::None;
             let loss = loss_array::<F>(py, output.loss_values(), per_sample)?;
             let grad = match output.grad {
@@ -128,7 +220,11 @@ fn run<'py, F: CpuFloat + Element>(
             vec![loss, grad]
         }
         Job::Posteriors => {
-            let output = without_gil(py, || cpu::posteriors(&problem));
+            let output = without_gil(py, || match device {
+                Device::Cpu => Ok(cpu::posteriors(&problem)),
+                Device::Gpu => F::gpu_posteriors(&problem),
+            })
+            .map_err(to_py_err)?;
             let losses = loss_array::<F>(py, output.losses, true)?;
             let gamma = match output.grad {
                 Some(gamma) => gamma.into_pyarray(py).into_any(),
@@ -160,6 +256,7 @@ fn dispatch<'py>(
     blank: i64,
     options: Options,
     job: Job,
+    device: Device,
 ) -> PyResult<Bound<'py, PyTuple>> {
     if let Ok(array) = log_probs.cast::<PyArray3<f32>>() {
         run(
@@ -171,6 +268,7 @@ fn dispatch<'py>(
             blank,
             options,
             job,
+            device,
         )
     } else if let Ok(array) = log_probs.cast::<PyArray3<f64>>() {
         run(
@@ -182,6 +280,7 @@ fn dispatch<'py>(
             blank,
             options,
             job,
+            device,
         )
     } else {
         Err(CTCTypeError::new_err(
@@ -198,9 +297,9 @@ fn shape_bug(error: ndarray::ShapeError) -> PyErr {
 ///
 /// Arguments arrive normalised by the Python layer: `log_probs` a 3-D float32/float64 array,
 /// `targets` an int64 array (2-D padded or 1-D concatenated), lengths 1-D int64 arrays.
-/// Returns `(loss, grad_or_None)`.
+/// Returns `(loss, grad_or_None)`. `device` is `"cpu"` or `"gpu"`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_wrt, with_grad, input_kind="log_probs", layout="TNC"))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_wrt, with_grad, input_kind="log_probs", layout="TNC", device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 fn ctc<'py>(
     py: Python<'py>,
@@ -215,7 +314,9 @@ fn ctc<'py>(
     with_grad: bool,
     input_kind: &str,
     layout: &str,
+    device: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let device = Device::parse(device).map_err(to_py_err)?;
     let options = Options {
         reduction: Reduction::parse(reduction).map_err(to_py_err)?,
         zero_infinity,
@@ -237,12 +338,13 @@ fn ctc<'py>(
         blank,
         options,
         job,
+        device,
     )
 }
 
 /// Per-sample losses and the posterior occupancy `gamma`, `(losses, gamma)`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, input_kind="log_probs", layout="TNC"))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, input_kind="log_probs", layout="TNC", device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 fn posteriors<'py>(
     py: Python<'py>,
@@ -254,7 +356,9 @@ fn posteriors<'py>(
     zero_infinity: bool,
     input_kind: &str,
     layout: &str,
+    device: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let device = Device::parse(device).map_err(to_py_err)?;
     let options = Options {
         reduction: Reduction::None,
         zero_infinity,
@@ -271,6 +375,7 @@ fn posteriors<'py>(
         blank,
         options,
         Job::Posteriors,
+        device,
     )
 }
 
@@ -299,7 +404,133 @@ fn align<'py>(
         blank,
         options,
         Job::Align,
+        Device::Cpu,
     )
+}
+
+/// The GPU adapter as a dict (name, backend, device type, driver, limits), or None when there
+/// is none (or the build has no GPU backend). Opens the adapter on first use.
+#[pyfunction]
+fn gpu_info(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
+    #[cfg(feature = "gpu")]
+    {
+        let Ok(info) = without_gil(py, crate::gpu::info) else {
+            return Ok(None);
+        };
+        let dict = PyDict::new(py);
+        dict.set_item("name", info.name)?;
+        dict.set_item("backend", info.backend)?;
+        dict.set_item("device_type", info.device_type)?;
+        dict.set_item("driver", info.driver)?;
+        dict.set_item("driver_info", info.driver_info)?;
+        dict.set_item("vendor", info.vendor)?;
+        dict.set_item("device", info.device)?;
+        dict.set_item("shader_f64", info.shader_f64)?;
+        dict.set_item("workgroup_size", info.workgroup_size)?;
+        let limits = PyDict::new(py);
+        limits.set_item(
+            "max_storage_buffer_binding_size",
+            info.max_storage_buffer_binding_size,
+        )?;
+        limits.set_item("max_buffer_size", info.max_buffer_size)?;
+        limits.set_item(
+            "max_compute_workgroups_per_dimension",
+            info.max_compute_workgroups_per_dimension,
+        )?;
+        limits.set_item(
+            "max_compute_invocations_per_workgroup",
+            info.max_compute_invocations_per_workgroup,
+        )?;
+        limits.set_item(
+            "max_compute_workgroup_storage_size",
+            info.max_compute_workgroup_storage_size,
+        )?;
+        dict.set_item("limits", limits)?;
+        Ok(Some(dict))
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = py;
+        Ok(None)
+    }
+}
+
+/// Like `ctc(..., device="gpu")`, with each phase submitted and waited for separately:
+/// returns `(loss, grad_or_None, timings)`, `timings` a dict of seconds (pack, upload,
+/// compute, readback, unpack) and the number of chunks. For benchmarks only.
+#[pyfunction]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_wrt, with_grad, input_kind="log_probs", layout="TNC"))]
+#[allow(clippy::too_many_arguments)]
+fn gpu_profile<'py>(
+    py: Python<'py>,
+    log_probs: &Bound<'py, PyAny>,
+    targets: PyReadonlyArrayDyn<'py, i64>,
+    input_lengths: PyReadonlyArray1<'py, i64>,
+    target_lengths: PyReadonlyArray1<'py, i64>,
+    blank: i64,
+    reduction: &str,
+    zero_infinity: bool,
+    grad_wrt: &str,
+    with_grad: bool,
+    input_kind: &str,
+    layout: &str,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let options = Options {
+        reduction: Reduction::parse(reduction).map_err(to_py_err)?,
+        zero_infinity,
+        grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
+        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
+        layout: Layout::parse(layout).map_err(to_py_err)?,
+    };
+    #[cfg(feature = "gpu")]
+    {
+        let Ok(array) = log_probs.cast::<PyArray3<f32>>() else {
+            return Err(CTCTypeError::new_err(
+                "gpu_profile: expected a 3-D NumPy array of dtype float32",
+            ));
+        };
+        let log_probs = array.try_readonly()?;
+        let problem = validate(
+            log_probs.as_array(),
+            targets_of(&targets)?,
+            input_lengths.as_array(),
+            target_lengths.as_array(),
+            blank,
+            options,
+        )
+        .map_err(to_py_err)?;
+        let (output, timings) =
+            without_gil(py, || crate::gpu::compute_profiled(&problem, with_grad))
+                .map_err(to_py_err)?;
+        let per_sample = output.reduction == Reduction::None;
+        let loss = loss_array::<f32>(py, output.loss_values(), per_sample)?;
+        let grad = match output.grad {
+            Some(grad) => grad.into_pyarray(py).into_any(),
+            None => py.None().into_bound(py),
+        };
+        let dict = PyDict::new(py);
+        dict.set_item("pack", timings.pack)?;
+        dict.set_item("upload", timings.upload)?;
+        dict.set_item("compute", timings.compute)?;
+        dict.set_item("readback", timings.readback)?;
+        dict.set_item("unpack", timings.unpack)?;
+        dict.set_item("chunks", timings.chunks)?;
+        PyTuple::new(py, [loss, grad, dict.into_any()])
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = (
+            py,
+            log_probs,
+            targets,
+            input_lengths,
+            target_lengths,
+            blank,
+            with_grad,
+        );
+        let _ = options;
+        Err(to_py_err(no_gpu_backend()))
+    }
 }
 
 /// Sets the number of worker threads for later calls.
@@ -330,11 +561,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     m.add("CTCInputError", m.py().get_type::<CTCInputError>())?;
     m.add("CTCTypeError", m.py().get_type::<CTCTypeError>())?;
+    m.add(
+        "GpuUnavailableError",
+        m.py().get_type::<GpuUnavailableError>(),
+    )?;
     m.add_function(wrap_pyfunction!(ctc, m)?)?;
     m.add_function(wrap_pyfunction!(posteriors, m)?)?;
     m.add_function(wrap_pyfunction!(align, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu_profile, m)?)?;
     Ok(())
 }

@@ -25,12 +25,14 @@ from fastctc import _args
 from fastctc._core import (
     CTCInputError,
     CTCTypeError,
+    GpuUnavailableError,
     __version__,
     get_num_threads,
     set_num_threads,
     simd_features,
 )
 from fastctc._core import ctc as _ctc
+from fastctc._core import gpu_info as _gpu_info
 from fastctc._core import posteriors as _posteriors
 from fastctc.alignment import Alignment, ctc_align, frames_to_seconds
 
@@ -38,6 +40,7 @@ __all__ = [
     "Alignment",
     "CTCInputError",
     "CTCTypeError",
+    "GpuUnavailableError",
     "__version__",
     "ctc_align",
     "ctc_loss",
@@ -45,6 +48,7 @@ __all__ = [
     "ctc_posteriors",
     "frames_to_seconds",
     "get_num_threads",
+    "gpu_info",
     "set_num_threads",
     "simd_features",
 ]
@@ -53,10 +57,10 @@ Reduction = Literal["none", "sum", "mean"]
 GradWrt = Literal["log_probs", "logits"]
 InputKind = Literal["log_probs", "logits"]
 Layout = Literal["TNC", "NTC"]
-Device = Literal["cpu"]
+Device = Literal["cpu", "gpu"]
 Lengths = _args.Lengths
 
-_DEVICES = ("cpu",)
+_DEVICES = ("cpu", "gpu")
 
 
 def _run(
@@ -90,6 +94,7 @@ def _run(
         with_grad,
         input_kind,
         b.layout,
+        device,
     )
     if not b.batched:
         if loss.ndim == 1:
@@ -139,8 +144,12 @@ def ctc_loss(
     layout : {"TNC", "NTC"}, default "TNC"
         ``"NTC"``: the input is batch-major ``(N, T, C)`` (read in place, no transposing
         copy); gradients come back in the same layout. Ignored for unbatched input.
-    device : {"cpu"}, default "cpu"
-        The backend.
+    device : {"cpu", "gpu"}, default "cpu"
+        The backend. ``"gpu"`` runs WGSL compute shaders through wgpu on any Vulkan, Metal,
+        DX12 or OpenGL ES 3.1 adapter (see :func:`gpu_info`), in float32, or float64 where
+        the adapter has 64-bit float shaders; same results as ``"cpu"`` to float32 rounding.
+        ``WGPU_BACKEND`` (``vulkan``, ``metal``, ``dx12``, ``gl``) and ``WGPU_ADAPTER_NAME``
+        choose the backend and adapter.
 
     Returns
     -------
@@ -153,7 +162,11 @@ def ctc_loss(
     CTCInputError
         (a ``ValueError``) for bad shapes, lengths, labels, blank or options.
     CTCTypeError
-        (a ``TypeError``) for bad dtypes, such as float targets.
+        (a ``TypeError``) for bad dtypes, such as float targets, or float64 on a GPU without
+        64-bit float shaders.
+    GpuUnavailableError
+        (a ``RuntimeError``) for ``device="gpu"`` when no GPU adapter can be opened; the
+        message says what was tried and how to install a driver.
 
     Examples
     --------
@@ -296,7 +309,28 @@ def ctc_posteriors(
         bool(zero_infinity),
         input_kind,
         b.layout,
+        device,
     )
     if not b.batched:
         return losses.reshape(()), gamma[:, 0, :]
     return losses, gamma
+
+
+def gpu_info() -> dict | None:
+    """The GPU adapter ``device="gpu"`` runs on, or ``None`` when there is none.
+
+    Opens the adapter on first use (later calls reuse it). The dict holds ``name``,
+    ``backend`` (``"vulkan"``, ``"metal"``, ``"dx12"`` or ``"gl"``), ``device_type``
+    (``"discrete"``, ``"integrated"``, ``"virtual"``, ``"cpu"`` for a software rasteriser
+    such as Mesa's lavapipe, or ``"other"``), ``driver``, ``driver_info``, ``vendor``,
+    ``device``, ``shader_f64`` (whether float64 input runs on it), ``workgroup_size`` and
+    ``limits`` (the storage-binding, buffer and workgroup limits that decide how a batch is
+    split into chunks). Set ``WGPU_BACKEND`` or ``WGPU_ADAPTER_NAME`` before the first call
+    to choose the backend or adapter.
+
+    >>> import fastctc
+    >>> info = fastctc.gpu_info()
+    >>> info is None or {"name", "backend", "limits"} <= info.keys()
+    True
+    """
+    return _gpu_info()

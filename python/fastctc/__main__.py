@@ -21,7 +21,7 @@ def _torch():
 
 
 def info() -> int:
-    """Prints the version, thread count and detected SIMD level."""
+    """Prints the version, thread count, detected SIMD level and GPU adapter."""
     torch = _torch()
     print(f"fastctc {fastctc.__version__}")
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.system()})")
@@ -30,6 +30,11 @@ def info() -> int:
     print(f"threads {fastctc.get_num_threads()}")
     features = fastctc.simd_features()
     print(f"simd {', '.join(features) if features else 'none detected'}")
+    gpu = fastctc.gpu_info()
+    if gpu is None:
+        print("gpu none (device='gpu' raises GpuUnavailableError)")
+    else:
+        print(f"gpu {gpu['name']} ({gpu['backend']}, {gpu['device_type']})")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Type stubs for the native module ``fastctc._core`` (built from ``src/python.rs``)."""
 
+from typing import Any
+
 import numpy as np
 
 __version__: str
@@ -9,6 +11,10 @@ class CTCInputError(ValueError):
 
 class CTCTypeError(TypeError):
     """An argument has the wrong type or dtype (for example float targets)."""
+
+class GpuUnavailableError(RuntimeError):
+    """device='gpu' but no usable GPU adapter: the message says what was tried and how to
+    install a driver."""
 
 def ctc(
     log_probs: np.ndarray,
@@ -22,6 +28,7 @@ def ctc(
     with_grad: bool,
     input_kind: str = "log_probs",
     layout: str = "TNC",
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Computes CTC losses (and the gradient when ``with_grad``) of a normalised batch."""
 
@@ -34,6 +41,7 @@ def posteriors(
     zero_infinity: bool,
     input_kind: str = "log_probs",
     layout: str = "TNC",
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample losses and the posterior occupancy of a normalised batch."""
 
@@ -55,3 +63,21 @@ def get_num_threads() -> int:
 
 def simd_features() -> list[str]:
     """The CPU's SIMD extensions detected at run time."""
+
+def gpu_info() -> dict[str, Any] | None:
+    """The GPU adapter (name, backend, device type, driver, limits), or None."""
+
+def gpu_profile(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    input_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    blank: int,
+    reduction: str,
+    zero_infinity: bool,
+    grad_wrt: str,
+    with_grad: bool,
+    input_kind: str = "log_probs",
+    layout: str = "TNC",
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """``ctc(..., device="gpu")`` with each phase waited for and timed (benchmarks only)."""

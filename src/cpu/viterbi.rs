@@ -61,7 +61,7 @@ pub fn align<F: FastMath>(
     ws.back.resize(t_len * states, 0);
 
     let class_of = |s: usize| {
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             x.blank
         } else {
             labels[s / 2] as usize

@@ -1,0 +1,147 @@
+//! The GPU backend: the CTC lattice in WGSL compute shaders, run through wgpu on any Vulkan,
+//! Metal, DX12 or OpenGL ES 3.1 device.
+//!
+//! Same validated [`Problem`] in, same [`CtcOutput`] out as [`crate::cpu::compute`]. The
+//! design (DESIGN.md §3):
+//!
+//! - The instance, adapter, device and pipelines are created once, on the first call
+//!   (`context.rs`), and reused; so are the buffers while they are large enough (`run.rs`).
+//! - One workgroup per sample loops over time, meeting at one workgroup reduction per frame;
+//!   each invocation owns a strided share of the states, so any target length works
+//!   (`lattice.wgsl`). Forward, backward and gradient run in one command submission with no
+//!   host round trip between them; there are no per-frame dispatches.
+//! - Numerics: the recursion runs in the input's type (float32, or float64 on adapters with
+//!   `SHADER_F64`), with each alpha row normalised by its maximum and the maxima summed on the
+//!   host in float64; the occupancy of a frame is a softmax over states, independent of every
+//!   normaliser; `ln(1 + x)` is computed without cancellation. Unlike the CPU backend, which
+//!   runs the float32 recursion in float64, a float32 recursion rounds every frame: losses
+//!   agree with float64 to ~1e-7 relative, gradients to ~1e-5 for T up to ~500 and ~3e-4 at
+//!   T = 5000 (peaked inputs), the floor of any float32 log-space recursion.
+//! - Deterministic: no atomics; each workgroup writes only its own sample's gradient rows, and
+//!   every reduction has a fixed order.
+//! - Batches larger than one storage binding (128 MiB on lavapipe) are split into chunks
+//!   (`plan.rs`); a sample whose alpha table alone is too large keeps every k-th row and
+//!   recomputes the rest.
+//!
+//! Environment: `WGPU_BACKEND` (`vulkan`, `metal`, `dx12`, `gl`) restricts the backends,
+//! `WGPU_ADAPTER_NAME` picks an adapter by part of its name, `WGPU_POWER_PREF=low` prefers an
+//! integrated GPU. `FASTCTC_GPU_WORKGROUP_SIZE` (32, 64, 128, 256) and
+//! `FASTCTC_GPU_CHUNK_BYTES` (the largest buffer a chunk may use) are tuning knobs.
+
+mod context;
+mod plan;
+mod run;
+mod shader;
+
+pub use context::GpuInfo;
+pub use run::Timings;
+
+use crate::error::CtcError;
+use crate::output::CtcOutput;
+use crate::problem::Problem;
+use crate::real::Real;
+
+/// A float type the GPU kernels take: `f32` everywhere, `f64` where the adapter has
+/// `SHADER_F64`.
+pub trait GpuFloat: Real + bytemuck::Pod {
+    /// Whether this is `f64`.
+    const F64: bool;
+}
+
+impl GpuFloat for f32 {
+    const F64: bool = false;
+}
+
+impl GpuFloat for f64 {
+    const F64: bool = true;
+}
+
+/// Computes the losses (and, with `with_grad`, the gradient) of a validated batch on the GPU.
+///
+/// Errors: [`CtcError::GpuUnavailable`] when no adapter can be opened,
+/// [`CtcError::GpuUnsupportedDtype`] for float64 on an adapter without 64-bit float shaders,
+/// [`CtcError::Gpu`] when the device fails or one sample's input exceeds a storage binding.
+pub fn compute<F: GpuFloat>(
+    problem: &Problem<'_, F>,
+    with_grad: bool,
+) -> Result<CtcOutput<F>, CtcError> {
+    let ctx = context::get()?;
+    let kernels = ctx.kernels(F::F64)?;
+    let scale_of = |n: usize| run::grad_scale(problem, n);
+    scoped(ctx, || {
+        run::run(ctx, kernels, problem, with_grad, &scale_of, None)
+    })
+}
+
+/// Per-sample losses and, in place of the gradient, the posterior occupancy `gamma`, as
+/// [`crate::cpu::posteriors`] returns them.
+pub fn posteriors<F: GpuFloat>(problem: &Problem<'_, F>) -> Result<CtcOutput<F>, CtcError> {
+    let ctx = context::get()?;
+    let kernels = ctx.kernels(F::F64)?;
+    // The log_probs gradient of one sample is -gamma: a factor of -1 turns it into gamma.
+    let mut problem = problem.clone();
+    problem.options.grad_wrt = crate::options::GradWrt::LogProbs;
+    scoped(ctx, || {
+        run::run(ctx, kernels, &problem, true, &|_| -1.0, None)
+    })
+}
+
+/// As [`compute`], with each phase submitted and waited for separately and timed. Slower than
+/// [`compute`] (one host round trip per phase): for benchmarks.
+pub fn compute_profiled<F: GpuFloat>(
+    problem: &Problem<'_, F>,
+    with_grad: bool,
+) -> Result<(CtcOutput<F>, Timings), CtcError> {
+    let ctx = context::get()?;
+    let kernels = ctx.kernels(F::F64)?;
+    let mut timings = Timings::default();
+    let scale_of = |n: usize| run::grad_scale(problem, n);
+    let output = scoped(ctx, || {
+        run::run(
+            ctx,
+            kernels,
+            problem,
+            with_grad,
+            &scale_of,
+            Some(&mut timings),
+        )
+    })?;
+    Ok((output, timings))
+}
+
+/// The adapter the GPU backend runs on, opening it if needed.
+pub fn info() -> Result<GpuInfo, CtcError> {
+    context::get().map(|ctx| ctx.info.clone())
+}
+
+/// Runs `work` inside wgpu error scopes, so that a validation error or an out-of-memory
+/// condition becomes a [`CtcError::Gpu`] instead of a panic.
+fn scoped<T>(
+    ctx: &context::Context,
+    work: impl FnOnce() -> Result<T, CtcError>,
+) -> Result<T, CtcError> {
+    let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let internal = ctx.device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let result = work();
+    let errors = [internal, memory, validation]
+        .into_iter()
+        .filter_map(|scope| pollster::block_on(scope.pop()))
+        .map(|error| match error {
+            wgpu::Error::OutOfMemory { .. } => {
+                "the GPU ran out of memory; pass a smaller batch or use device='cpu'".to_owned()
+            }
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>();
+    if errors.is_empty() {
+        result
+    } else {
+        Err(CtcError::Gpu {
+            message: errors.join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
