@@ -2,7 +2,10 @@
 
 Parity with torch in every argument form, the true gradient (gradcheck), upstream gradients,
 half precision, errors torch does not raise, double backward, torch.compile(fullgraph=True),
-DistributedDataParallel, and the training example in examples/.
+DistributedDataParallel, and the training example in examples/. Eager calls take a lean
+autograd.Function (no custom operator), whose backward reuses the saved gradient only when the
+graph is freed (retain_graph=True leaves it intact); traced and vmapped calls take the custom
+operators.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import fastctc
@@ -287,6 +291,120 @@ def test_double_backward_raises_a_clear_error(rng):
     torch.testing.assert_close(grad, expected, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="double backward"):
         grad.pow(2).sum().backward()
+
+
+def _spy_on_gradients(monkeypatch) -> list[np.ndarray]:
+    """Records every gradient array fastctc returns to the adapter."""
+    grads = []
+    original = fastctc.ctc_loss_and_grad
+
+    def spy(*args, **kwargs):
+        loss, grad = original(*args, **kwargs)
+        grads.append(grad)
+        return loss, grad
+
+    monkeypatch.setattr(fastctc, "ctc_loss_and_grad", spy)
+    return grads
+
+
+def _ctc_problem(rng, T=12, N=4, C=6, S=4):
+    case = make_case(rng, T, N, C, S, min_input_length=1)
+    args = (torch.from_numpy(case.padded(0)), case.input_lengths, case.target_lengths)
+    return torch.from_numpy(case.log_probs), args
+
+
+def test_eager_mode_bypasses_the_custom_operators(monkeypatch, rng):
+    """Eager calls take the lean autograd.Function; the operators are for tracing only."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a custom operator was called in eager mode")
+
+    monkeypatch.setattr(fastctc_torch, "_ctc_loss_and_grad_op", fail)
+    monkeypatch.setattr(fastctc_torch, "_ctc_loss_op", fail)
+    log_probs, args = _ctc_problem(rng)
+    lp = log_probs.clone().requires_grad_(True)
+    loss = ctc_loss(lp, *args)
+    assert type(loss.grad_fn).__name__ == "_CTCFunctionBackward"
+    loss.backward()
+    with torch.no_grad():
+        torch.testing.assert_close(ctc_loss(lp, *args), loss.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_reuses_the_saved_gradient(reduction, monkeypatch, rng):
+    """Without retain_graph the gradient is handed over (upstream 1) or scaled in place: the
+    tensor fastctc wrote is the one the backward returns, with the right values, and it lands
+    in .grad without a copy."""
+    grads = _spy_on_gradients(monkeypatch)
+    log_probs, args = _ctc_problem(rng)
+    _, expected = fastctc.ctc_loss_and_grad(
+        log_probs.numpy(), args[0].numpy(), *args[1:], reduction=reduction
+    )
+    upstreams = [torch.tensor(1.0, dtype=torch.float64), torch.tensor(-2.5, dtype=torch.float64)]
+    if reduction == "none":
+        upstreams = [torch.ones(4, dtype=torch.float64), torch.from_numpy(rng.normal(size=4))]
+    for upstream in upstreams:
+        lp = log_probs.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(ctc_loss(lp, *args, reduction=reduction), lp, upstream)
+        assert grad.data_ptr() == grads[-1].ctypes.data  # no copy, no new tensor
+        weights = upstream.numpy()[None, :, None] if reduction == "none" else upstream.item()
+        np.testing.assert_array_equal(grad.numpy(), expected * weights)
+    ctc_loss(lp, *args, reduction=reduction).sum().backward()  # autograd stores it as .grad
+    assert lp.grad.data_ptr() == grads[-1].ctypes.data
+
+
+@pytest.mark.parametrize("upstream", ["one", "scalar", "per-sample"])
+def test_retain_graph_backward_sees_an_unchanged_gradient(upstream, rng):
+    """With retain_graph=True the saved gradient is neither handed out nor scaled in place:
+    a second backward gives the same gradient, whatever autograd or the caller did with the
+    first one (accumulation into .grad, in-place edits)."""
+    log_probs, args = _ctc_problem(rng)
+    reduction = "none" if upstream == "per-sample" else "sum"
+    weights = {
+        "one": None,
+        "scalar": torch.tensor(0.75, dtype=torch.float64),
+        "per-sample": torch.from_numpy(rng.normal(size=4)),
+    }[upstream]
+    lp = log_probs.clone().requires_grad_(True)
+    loss = ctc_loss(lp, *args, reduction=reduction)
+    (first,) = torch.autograd.grad(loss, lp, weights, retain_graph=True)
+    expected = first.clone()
+    first.mul_(100.0)  # the caller edits its gradient in place
+    loss.backward(weights, retain_graph=True)
+    loss.backward(weights, retain_graph=True)  # accumulates into .grad in place
+    loss.backward(weights)
+    torch.testing.assert_close(lp.grad, 3 * expected, rtol=1e-15, atol=0)
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward(weights)
+
+
+def test_gradient_accumulated_with_another_branch(rng):
+    """The loss's gradient meets another branch's at a non-leaf tensor: autograd may add in
+    place into the handed-over gradient, which must not leak into a retained graph."""
+    case = make_case(rng, 12, 3, 5, 4, min_input_length=1)
+    targets = torch.from_numpy(case.padded(0))
+    lengths = (case.input_lengths, case.target_lengths)
+    logits = torch.from_numpy(rng.normal(size=case.log_probs.shape))
+    results = []
+    for fn in (F.ctc_loss, ctc_loss):
+        x = logits.clone().requires_grad_(True)
+        lp = x.log_softmax(-1)
+        total = fn(lp, targets, *(torch.as_tensor(v) for v in lengths)) + lp.exp().sum()
+        total.backward(retain_graph=True)
+        total.backward()
+        results.append(x.grad)
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-10)
+
+
+def test_vmap_of_the_loss(rng):
+    """Under functorch transforms the call goes through the custom operator, as before."""
+    log_probs, args = _ctc_problem(rng)
+    batch = torch.stack([log_probs, log_probs * 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no batching rule: torch warns and loops
+        losses = torch.vmap(lambda lp: ctc_loss(lp, *args, reduction="sum"))(batch)
+    expected = torch.stack([ctc_loss(lp, *args, reduction="sum") for lp in batch])
+    torch.testing.assert_close(losses, expected, rtol=0, atol=0)
 
 
 def test_without_grad_only_the_loss_is_computed(monkeypatch):
