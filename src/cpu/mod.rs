@@ -91,23 +91,39 @@ fn grad_scale(problem: &Problem<'_, impl Real>, n: usize) -> f64 {
     }
 }
 
-/// Sample indices, most expensive first, so the long ones start early and the short ones
-/// fill the gaps at the end.
-fn schedule<F>(problem: &Problem<'_, F>) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..problem.samples.len()).collect();
-    order.sort_by_key(|&n| Reverse(problem.samples[n].cost()));
-    order
+/// Below this much work (lattice cells, plus a quarter of the dense `(T, N, C)` elements) a
+/// batch runs on the calling thread: handing it to the pool costs more than it saves, and
+/// leaves the caller's core idle.
+const SERIAL_WORK: usize = 100_000;
+
+fn total_work<F>(problem: &Problem<'_, F>, dense: bool) -> usize {
+    let (t_max, batch, classes) = problem.dims();
+    let cells: usize = problem.samples.iter().map(|s| s.cost()).sum();
+    cells
+        + if dense {
+            t_max * batch * classes / 4
+        } else {
+            0
+        }
+}
+
+/// Runs `work` on every job: on the pool, largest first as given, or on the calling thread
+/// when the batch is small.
+fn for_each_job<T: Send>(jobs: Vec<T>, work_size: usize, work: impl Fn(T) + Sync + Send) {
+    if work_size < SERIAL_WORK || threads::num_threads() == 1 {
+        jobs.into_iter().for_each(work);
+    } else {
+        threads::install(|| jobs.into_par_iter().with_max_len(1).for_each(work));
+    }
 }
 
 /// Computes the losses (and, with `with_grad`, the gradient) of a validated batch.
 pub fn compute<F: CpuFloat>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<F> {
-    threads::install(|| {
-        if with_grad {
-            compute_with_grad(problem, |n| grad_scale(problem, n))
-        } else {
-            compute_loss(problem)
-        }
-    })
+    if with_grad {
+        compute_with_grad(problem, |n| grad_scale(problem, n))
+    } else {
+        compute_loss(problem)
+    }
 }
 
 /// Computes the losses and, in place of the gradient, the posterior occupancy `gamma`
@@ -117,23 +133,16 @@ pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     // The log_probs gradient of one sample is -gamma: a factor of -1 turns it into gamma.
     let mut problem = problem.clone();
     problem.options.grad_wrt = crate::options::GradWrt::LogProbs;
-    threads::install(|| compute_with_grad(&problem, |_| -1.0))
+    compute_with_grad(&problem, |_| -1.0)
 }
 
 fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
-    let order = schedule(problem);
-    let mut by_rank = vec![0.0f64; order.len()];
-    by_rank
-        .par_iter_mut()
-        .with_max_len(1)
-        .zip(order.par_iter())
-        .for_each(|(out, &n)| {
-            *out = -F::with_workspace(|ws| dispatch::log_likelihood(&sample_ref(problem, n), ws));
-        });
-    let mut losses = vec![0.0f64; order.len()];
-    for (rank, &n) in order.iter().enumerate() {
-        losses[n] = by_rank[rank];
-    }
+    let mut losses = vec![0.0f64; problem.samples.len()];
+    let mut jobs: Vec<(usize, &mut f64)> = losses.iter_mut().enumerate().collect();
+    jobs.sort_by_key(|(n, _)| Reverse(problem.samples[*n].cost()));
+    for_each_job(jobs, total_work(problem, false), |(n, out)| {
+        *out = -F::with_workspace(|ws| dispatch::log_likelihood(&sample_ref(problem, n), ws));
+    });
     CtcOutput::new(problem, losses, None)
 }
 
@@ -165,18 +174,15 @@ fn compute_with_grad<F: CpuFloat>(
             .map(|(n, (rows, loss))| (n, rows, loss))
             .collect();
         jobs.sort_by_key(|(n, _, _)| Reverse(problem.samples[*n].cost()));
-        jobs.into_par_iter()
-            .with_max_len(1)
-            .for_each(|(n, rows, loss)| {
-                let spec = GradSpec {
-                    wrt: problem.options.grad_wrt,
-                    scale: F::from_f64(scale_of(n)),
-                    zero_infinity: problem.options.zero_infinity,
-                };
-                let x = sample_ref(problem, n);
-                *loss =
-                    -F::with_workspace(|ws| dispatch::log_likelihood_and_grad(&x, ws, rows, spec));
-            });
+        for_each_job(jobs, total_work(problem, true), |(n, rows, loss)| {
+            let spec = GradSpec {
+                wrt: problem.options.grad_wrt,
+                scale: F::from_f64(scale_of(n)),
+                zero_infinity: problem.options.zero_infinity,
+            };
+            let x = sample_ref(problem, n);
+            *loss = -F::with_workspace(|ws| dispatch::log_likelihood_and_grad(&x, ws, rows, spec));
+        });
     }
     CtcOutput::new(problem, losses, Some(grad))
 }
@@ -196,29 +202,28 @@ pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
         .max()
         .unwrap_or(0);
     let mut out = AlignmentOutput::empty(batch, t_max, max_target);
-    threads::install(|| {
-        let mut jobs: Vec<_> = out
-            .labels
-            .outer_iter_mut()
-            .zip(out.scores.outer_iter_mut())
-            .zip(out.spans.outer_iter_mut())
-            .zip(out.path_scores.iter_mut())
-            .enumerate()
-            .map(|(n, (((labels, scores), spans), score))| (n, labels, scores, spans, score))
-            .collect();
-        jobs.sort_by_key(|job| Reverse(problem.samples[job.0].cost()));
-        jobs.into_par_iter()
-            .with_max_len(1)
-            .for_each(|(n, labels, scores, spans, score)| {
-                let x = sample_ref(problem, n);
-                let rows = viterbi::AlignmentRows {
-                    labels,
-                    scores,
-                    spans,
-                };
-                *score =
-                    VITERBI_WORKSPACE.with(|ws| viterbi::align(&x, &mut ws.borrow_mut(), rows));
-            });
-    });
+    let mut jobs: Vec<_> = out
+        .labels
+        .outer_iter_mut()
+        .zip(out.scores.outer_iter_mut())
+        .zip(out.spans.outer_iter_mut())
+        .zip(out.path_scores.iter_mut())
+        .enumerate()
+        .map(|(n, (((labels, scores), spans), score))| (n, labels, scores, spans, score))
+        .collect();
+    jobs.sort_by_key(|job| Reverse(problem.samples[job.0].cost()));
+    for_each_job(
+        jobs,
+        total_work(problem, false),
+        |(n, labels, scores, spans, score)| {
+            let x = sample_ref(problem, n);
+            let rows = viterbi::AlignmentRows {
+                labels,
+                scores,
+                spans,
+            };
+            *score = VITERBI_WORKSPACE.with(|ws| viterbi::align(&x, &mut ws.borrow_mut(), rows));
+        },
+    );
     out
 }
