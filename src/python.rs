@@ -293,6 +293,23 @@ fn shape_bug(error: ndarray::ShapeError) -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err(format!("fastctc internal shape error: {error}"))
 }
 
+/// The options of a loss call, from the strings the Python layer passes.
+fn parse_options(
+    reduction: &str,
+    zero_infinity: bool,
+    grad_wrt: &str,
+    input_kind: &str,
+    layout: &str,
+) -> PyResult<Options> {
+    Ok(Options {
+        reduction: Reduction::parse(reduction).map_err(to_py_err)?,
+        zero_infinity,
+        grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
+        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
+        layout: Layout::parse(layout).map_err(to_py_err)?,
+    })
+}
+
 /// Computes CTC losses, and the gradient when `with_grad` is true.
 ///
 /// Arguments arrive normalised by the Python layer: `log_probs` a 3-D float32/float64 array,
@@ -317,13 +334,7 @@ fn ctc<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let device = Device::parse(device).map_err(to_py_err)?;
-    let options = Options {
-        reduction: Reduction::parse(reduction).map_err(to_py_err)?,
-        zero_infinity,
-        grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
-        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
-        layout: Layout::parse(layout).map_err(to_py_err)?,
-    };
+    let options = parse_options(reduction, zero_infinity, grad_wrt, input_kind, layout)?;
     let job = if with_grad {
         Job::LossAndGrad
     } else {
@@ -475,13 +486,7 @@ fn gpu_profile<'py>(
     input_kind: &str,
     layout: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let options = Options {
-        reduction: Reduction::parse(reduction).map_err(to_py_err)?,
-        zero_infinity,
-        grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
-        input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
-        layout: Layout::parse(layout).map_err(to_py_err)?,
-    };
+    let options = parse_options(reduction, zero_infinity, grad_wrt, input_kind, layout)?;
     #[cfg(feature = "gpu")]
     {
         let Ok(array) = log_probs.cast::<PyArray3<f32>>() else {
