@@ -26,12 +26,12 @@ What is timed, per shape (T, N, C, S) and per thread count:
   second, divided by the same with full lengths: 1.0 means the time shrinks with the work.
 
 Inputs are float32 ``log_softmax`` of standard normal logits, targets uniform in [1, C), blank
-0, reduction "mean". Contenders alternate on every repeat (the order rotates), so that drift
-(turbo, other load) hits all of them alike; each cell is the median of at least three repeats
-and of at least ``--budget`` seconds (0.5 by default) per contender. Thread counts are set
-with ``fastctc.set_num_threads`` and ``torch.set_num_threads``; TensorFlow's and XLA's thread
-pools are fixed when they start, so they run with the largest requested count throughout (the
-header says so). Before timing, each shape's per-sample losses are compared with torch's
+0, reduction "mean". Contenders alternate on every repeat (in a random order each round), so
+that drift (turbo, other load) hits all of them alike; each cell is the median of at least three
+repeats and of at least ``--budget`` seconds (0.5 by default) per contender. Thread counts are
+set with ``fastctc.set_num_threads`` and ``torch.set_num_threads``; TensorFlow's and XLA's
+thread pools are fixed when they start, so they run with the largest requested count throughout
+(the header says so). Before timing, each shape's per-sample losses are compared with torch's
 (maximum relative difference) so that a fast but wrong result shows up in the table.
 
 The tables are Markdown (paste them into a README); ``--markdown FILE`` writes them to a file
@@ -49,6 +49,7 @@ import importlib.util
 import math
 import os
 import platform
+import random
 import re
 import shlex
 import statistics
@@ -391,7 +392,8 @@ class Timing:
 
 def measure(contenders: Sequence[tuple[str, Runner]], timing: Timing) -> dict[str, list[float]]:
     """Seconds per call of each contender, interleaved: each round runs every contender that
-    still needs repeats once, starting one further along the list than the round before."""
+    still needs repeats once, in a fresh random order. (A rotating order keeps the same cyclic
+    neighbours: whoever follows torch would always pay for torch's still-spinning threads.)"""
     for _, run in contenders:
         run()  # warm up: first-call allocations, tracing, JIT compilation
     samples: dict[str, list[float]] = {name: [] for name, _ in contenders}
@@ -403,8 +405,8 @@ def measure(contenders: Sequence[tuple[str, Runner]], timing: Timing) -> dict[st
             pending = [(n, r) for n, r in contenders if not timing.done(samples[n])]
             if not pending:
                 break
-            shift = round_ % len(pending)
-            for name, run in pending[shift:] + pending[:shift]:
+            random.Random(round_).shuffle(pending)
+            for name, run in pending:
                 start = time.perf_counter()
                 run()
                 samples[name].append(time.perf_counter() - start)
