@@ -101,6 +101,14 @@ def check_str(value: object, name: str) -> str:
     return value
 
 
+def integer(value: object, name: str) -> int:
+    """An int-like argument (``operator.index``), else :class:`CTCTypeError`."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise CTCTypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+
+
 def check_choice(value: object, name: str, allowed: Sequence[str]) -> str:
     value = check_str(value, name)
     if value not in allowed:
@@ -141,10 +149,7 @@ def batch(
         tg = tg[np.newaxis, :]
     il = lengths(input_lengths, "input_lengths", batched)
     tl = lengths(target_lengths, "target_lengths", batched)
-    try:
-        blank = operator.index(blank)
-    except TypeError:
-        raise CTCTypeError(f"blank: expected an integer, got {type(blank).__name__}") from None
+    blank = integer(blank, "blank")
     if not -(2**63) <= blank < 2**63:
         raise CTCInputError(f"blank: {blank} is outside [-C, C) for C={lp.shape[-1]} classes")
     return Batch(lp, tg, il, tl, blank, batched, layout)

@@ -48,7 +48,6 @@ torch.Size([50, 4, 20])
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -57,6 +56,7 @@ import torch
 from torch import Tensor
 
 import fastctc
+from fastctc import _args
 
 __all__ = ["CTCLoss", "ctc_loss"]
 
@@ -371,11 +371,6 @@ def _index_tensor(value: object, name: str) -> Tensor:
         ) from None
 
 
-def _check(value: object, kind: type, name: str) -> None:
-    if not isinstance(value, kind):
-        raise fastctc.CTCTypeError(f"{name}: expected {kind.__name__}, got {type(value).__name__}")
-
-
 def _traced_ctc_loss(
     log_probs: Tensor,
     targets: Any,
@@ -390,14 +385,9 @@ def _traced_ctc_loss(
     targets = _index_tensor(targets, "targets")
     input_lengths = _index_tensor(input_lengths, "input_lengths")
     target_lengths = _index_tensor(target_lengths, "target_lengths")
-    try:
-        blank = operator.index(blank)
-    except TypeError:
-        raise fastctc.CTCTypeError(
-            f"blank: expected an integer, got {type(blank).__name__}"
-        ) from None
-    _check(reduction, str, "reduction")
-    _check(device, str, "device")
+    blank = _args.integer(blank, "blank")
+    _args.check_str(reduction, "reduction")
+    _args.check_str(device, "device")
     args = (
         log_probs,
         targets,
@@ -503,7 +493,8 @@ def ctc_loss(
             zero_infinity,
             device,
         )
-    _check(log_probs, Tensor, "log_probs")
+    if not isinstance(log_probs, Tensor):
+        raise fastctc.CTCTypeError(f"log_probs: expected Tensor, got {type(log_probs).__name__}")
     return _traced_ctc_loss(
         log_probs,
         targets,

@@ -81,20 +81,7 @@ pub struct Workspace<F> {
 
 impl<F: FastMath> Workspace<F> {
     pub fn new() -> Self {
-        Workspace {
-            table: Vec::new(),
-            alpha: Vec::new(),
-            beta: Vec::new(),
-            next_weighted: Vec::new(),
-            emit: Vec::new(),
-            frames: Vec::new(),
-            skip: Vec::new(),
-            occupancy: Vec::new(),
-            classes: Vec::new(),
-            log_norm: Vec::new(),
-            class_total: Vec::new(),
-            distinct_classes: Vec::new(),
-        }
+        Self::default()
     }
 }
 
@@ -445,8 +432,7 @@ pub fn forward_backward<F: FastMath>(
     reset(&mut ws.occupancy, states, 0.0);
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
     ws.distinct_classes.clear();
-    ws.distinct_classes
-        .extend_from_slice(&ws.classes[..states.min(2)]);
+    ws.distinct_classes.push(x.blank);
     ws.distinct_classes
         .extend(labels.iter().map(|&l| l as usize));
     ws.distinct_classes.sort_unstable();
