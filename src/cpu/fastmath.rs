@@ -1,30 +1,27 @@
-//! exp and ln written so that LLVM vectorises the loops that call them.
+//! exp written so that LLVM vectorises the loops that call it.
 //!
-//! The library `exp`/`log` are function calls, which stop auto-vectorisation. Here both are
-//! branch-free range reductions plus polynomials, so a loop over a lattice row compiles to
+//! The library `exp` is a function call, which stops auto-vectorisation. Here it is a
+//! branch-free range reduction plus a polynomial, so a loop over a lattice row compiles to
 //! AVX2/AVX-512 code inside a `#[target_feature]` function (see `dispatch.rs`). The lattice
-//! recursion runs in float64 (see `lattice.rs`); float32 versions serve the dense
-//! `exp(log_probs)` pass of the logits gradient. The unit tests bound the error of each
+//! recursion runs in float64 (see `lattice.rs`); a float32 version serves the dense
+//! `exp(log_probs)` pass of the logits gradient. The unit tests bound its error
 //! against the standard library.
 
 // Polynomial coefficients are written as published, digits beyond the type's precision
 // included; the compiler rounds them to the nearest representable value.
 #![allow(clippy::excessive_precision)]
 
-/// A float the lattice kernels can run in, with the exp/ln they should use.
+/// A float the lattice kernels can run in, with the exp they should use.
 pub trait FastMath: crate::real::Real {
     /// `exp(x)`: 0 for `-inf`, `inf` on overflow, NaN for NaN.
     fn fast_exp(self) -> Self;
-    /// `ln(1 + x)` for `x` in `[0, 3]` (a log-sum-exp after the max is taken out), accurate
-    /// for tiny `x`: rounding `1 + x` first would drop `x` below 6e-8, a bias that adds up
-    /// over thousands of frames.
-    fn fast_ln_1p(self) -> Self;
     /// `exp` used inside the float64 lattice recursion for inputs of this type: full
     /// precision for float64 inputs; for float32 inputs a shorter polynomial (relative error
     /// below 1e-9, far under what float32 inputs can resolve) that costs half as much.
     fn lattice_exp(x: f64) -> f64;
-    /// `ln(1 + x)` for `x` in `[0, 3]`, with the same precision policy as `lattice_exp`.
-    fn lattice_ln_1p(x: f64) -> f64;
+    /// `exp(x)` as an extended-range pair (see `scaled::exp_parts`), with the same precision
+    /// policy as `lattice_exp`.
+    fn lattice_exp_parts(x: f64) -> (f64, f64);
     /// `max` that compiles to one instruction (returns `b` when either is NaN).
     #[inline(always)]
     fn fmax(self, b: Self) -> Self {
@@ -51,16 +48,12 @@ impl FastMath for f64 {
         exp_f64(self)
     }
     #[inline(always)]
-    fn fast_ln_1p(self) -> Self {
-        ln_1p_f64(self)
-    }
-    #[inline(always)]
     fn lattice_exp(x: f64) -> f64 {
         exp_f64(x)
     }
     #[inline(always)]
-    fn lattice_ln_1p(x: f64) -> f64 {
-        ln_1p_f64(x)
+    fn lattice_exp_parts(x: f64) -> (f64, f64) {
+        super::scaled::exp_parts::<13>(x)
     }
 }
 
@@ -70,16 +63,12 @@ impl FastMath for f32 {
         exp_f32(self)
     }
     #[inline(always)]
-    fn fast_ln_1p(self) -> Self {
-        ln_1p_f32(self)
-    }
-    #[inline(always)]
     fn lattice_exp(x: f64) -> f64 {
         exp_f64_degree::<8>(x)
     }
     #[inline(always)]
-    fn lattice_ln_1p(x: f64) -> f64 {
-        ln_1p_f64_terms::<6>(x)
+    fn lattice_exp_parts(x: f64) -> (f64, f64) {
+        super::scaled::exp_parts::<8>(x)
     }
 }
 
@@ -95,6 +84,10 @@ const EXP_HI_F64: f64 = 709.0;
 pub fn exp_f64(x: f64) -> f64 {
     exp_f64_degree::<13>(x)
 }
+
+/// ln 2 split so that `n * LN2_HI` is exact for `|n| < 2^11`.
+pub const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+pub const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 
 /// `1/k!` for `k = 0..=13`.
 const INV_FACTORIAL: [f64; 14] = [
@@ -119,19 +112,13 @@ const INV_FACTORIAL: [f64; 14] = [
 #[inline(always)]
 pub fn exp_f64_degree<const DEGREE: usize>(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
-    // ln 2 split so that n * LN2_HI is exact for |n| < 2^11.
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let xc = if x < EXP_LO_F64 { EXP_LO_F64 } else { x };
     let xc = if xc > EXP_HI_F64 { EXP_HI_F64 } else { xc };
     let shifted = xc * LOG2E + ROUND_MAGIC_F64;
     let n = shifted - ROUND_MAGIC_F64;
     let n_int = (shifted.to_bits() as i64).wrapping_sub(ROUND_MAGIC_F64.to_bits() as i64);
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let mut p = INV_FACTORIAL[DEGREE];
-    for k in (0..DEGREE).rev() {
-        p = p * r + INV_FACTORIAL[k];
-    }
+    let p = exp_taylor::<DEGREE>(r);
     let scale = f64::from_bits(((n_int + 1023) as u64) << 52);
     let out = p * scale;
     let out = if x < EXP_LO_F64 { 0.0 } else { out };
@@ -143,53 +130,14 @@ pub fn exp_f64_degree<const DEGREE: usize>(x: f64) -> f64 {
     }
 }
 
-/// `ln(1 + x)` in float64 for `x` in `[0, 3]`, within a few ulps, branch-free:
-/// `1 + x = 2^e m` with `m` in `[sqrt(1/2), sqrt(2))`, then
-/// `ln m = 2 atanh(u)`, `u = (m - 1)/(m + 1)`, `|u| < 0.172`, by its odd series to `u^21`.
+/// The Taylor polynomial of `exp(r)` to degree `DEGREE` (at most 13), for `|r| <= ln(2)/2`.
 #[inline(always)]
-pub fn ln_1p_f64(x: f64) -> f64 {
-    ln_1p_f64_terms::<11>(x)
-}
-
-/// `ln(1 + x)` with `TERMS` terms of the atanh series (at most 11); the relative error is
-/// about `0.172^(2 TERMS)` (2e-11 at 6 terms).
-#[inline(always)]
-pub fn ln_1p_f64_terms<const TERMS: usize>(x: f64) -> f64 {
-    const SQRT2_MINUS_1: f64 = std::f64::consts::SQRT_2 - 1.0;
-    const INV_ODD: [f64; 11] = [
-        1.0,
-        1.0 / 3.0,
-        1.0 / 5.0,
-        1.0 / 7.0,
-        1.0 / 9.0,
-        1.0 / 11.0,
-        1.0 / 13.0,
-        1.0 / 15.0,
-        1.0 / 17.0,
-        1.0 / 19.0,
-        1.0 / 21.0,
-    ];
-    // 1 + x in [1, 4]: halve it once or twice into [sqrt(1/2), sqrt(2)), in float
-    // arithmetic only (vector int-to-float conversions are slow or missing before AVX-512 DQ).
-    let y = 1.0 + x;
-    let high = y >= 2.0;
-    let m = if high { y * 0.5 } else { y };
-    let e = if high { 1.0 } else { 0.0 };
-    let fold = m >= std::f64::consts::SQRT_2;
-    let m = if fold { m * 0.5 } else { m };
-    let e = if fold { e + 1.0 } else { e };
-    let f = m - 1.0;
-    // Below sqrt(2) - 1 the reduced argument is x itself, exactly.
-    let small = x < SQRT2_MINUS_1;
-    let e = if small { 0.0 } else { e };
-    let f = if small { x } else { f };
-    let u = f / (2.0 + f);
-    let u2 = u * u;
-    let mut p = INV_ODD[TERMS - 1];
-    for k in (0..TERMS - 1).rev() {
-        p = p * u2 + INV_ODD[k];
+pub fn exp_taylor<const DEGREE: usize>(r: f64) -> f64 {
+    let mut p = INV_FACTORIAL[DEGREE];
+    for k in (0..DEGREE).rev() {
+        p = p * r + INV_FACTORIAL[k];
     }
-    e * std::f64::consts::LN_2 + 2.0 * u * p
+    p
 }
 
 /// 1.5 * 2^23: adding it rounds a float to an integer held in the low mantissa bits.
@@ -230,51 +178,6 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// `ln(1 + x)` in float32 for `x` in `[0, 3]`, about 1 ulp, branch-free.
-#[inline(always)]
-pub fn ln_1p_f32(x: f32) -> f32 {
-    const SQRT2_MINUS_1: f32 = std::f32::consts::SQRT_2 - 1.0;
-    let (e, f) = split_log_argument(1.0 + x);
-    // Below sqrt(2) - 1 the reduced argument is x itself, exactly.
-    let small = x < SQRT2_MINUS_1;
-    let e = if small { 0.0 } else { e };
-    let f = if small { x } else { f };
-    ln_from_parts(e, f)
-}
-
-/// Writes `x = 2^e * (1 + f)` with `1 + f` in `[sqrt(1/2), sqrt(2))`.
-#[inline(always)]
-fn split_log_argument(x: f32) -> (f32, f32) {
-    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
-    let bits = x.to_bits();
-    let e = ((bits >> 23) as i32 - 127) as f32;
-    // Mantissa in [0.5, 1), then moved to [sqrt(1/2), sqrt(2)).
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
-    let low = m < SQRT_HALF;
-    let e = e + if low { 0.0 } else { 1.0 };
-    let f = if low { m + m - 1.0 } else { m - 1.0 };
-    (e, f)
-}
-
-/// `e * ln 2 + ln(1 + f)` for `1 + f` in `[sqrt(1/2), sqrt(2))`.
-#[inline(always)]
-fn ln_from_parts(e: f32, f: f32) -> f32 {
-    let z = f * f;
-    let y = 7.037_683_6e-2;
-    let y = y * f - 1.151_461e-1;
-    let y = y * f + 1.167_699_9e-1;
-    let y = y * f - 1.242_014_1e-1;
-    let y = y * f + 1.424_932_3e-1;
-    let y = y * f - 1.666_805_8e-1;
-    let y = y * f + 2.000_071_4e-1;
-    let y = y * f - 2.499_999_4e-1;
-    let y = y * f + 3.333_333_1e-1;
-    let y = y * f * z;
-    let y = y + e * -2.121_944_4e-4;
-    let y = y - 0.5 * z;
-    f + y + e * 0.693_359_4
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn f64_exp_and_ln_1p_are_within_a_few_ulps() {
+    fn f64_exp_is_within_a_few_ulps() {
         let mut worst = 0.0f64;
         let mut x = -700.0f64;
         while x < 700.0 {
@@ -305,35 +208,19 @@ mod tests {
             x += 0.013_7;
         }
         assert!(worst < 1e-15, "exp relative error {worst}");
-        let mut worst = 0.0f64;
-        let mut x = 1e-300f64;
-        while x <= 3.0 {
-            let want = x.ln_1p();
-            worst = worst.max(((ln_1p_f64(x) - want) / want).abs());
-            x = if x < 1e-3 { x * 1.7 } else { x + 1.1e-4 };
-        }
-        assert!(worst < 1e-15, "ln_1p relative error {worst}");
         assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
         assert_eq!(exp_f64(1000.0), f64::INFINITY);
         assert!(exp_f64(f64::NAN).is_nan());
-        assert_eq!(ln_1p_f64(0.0), 0.0);
     }
 
     #[test]
-    fn short_f64_versions_are_within_1e9() {
+    fn short_f64_exp_is_within_1e9() {
         let mut x = -700.0f64;
         while x < 0.0 {
             let want = x.exp();
             let err = ((exp_f64_degree::<8>(x) - want) / want).abs();
             assert!(err < 1e-9, "exp({x}): relative error {err}");
             x += 0.0371;
-        }
-        let mut x = 1e-12f64;
-        while x <= 3.0 {
-            let want = x.ln_1p();
-            let err = ((ln_1p_f64_terms::<6>(x) - want) / want).abs();
-            assert!(err < 1e-9, "ln_1p({x}): relative error {err}");
-            x = if x < 1e-3 { x * 1.9 } else { x + 3.1e-4 };
         }
     }
 
@@ -344,17 +231,5 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(1000.0), f32::INFINITY);
         assert!(exp_f32(f32::NAN).is_nan());
-    }
-
-    #[test]
-    fn ln_1p_keeps_tiny_arguments() {
-        for &x in &[1e-12f32, 3e-8, 1e-5, 0.01, 0.3, 0.5, 1.0, 2.0, 3.0] {
-            let want = (x as f64).ln_1p();
-            let got = ln_1p_f32(x) as f64;
-            assert!(
-                (got - want).abs() <= 2.5e-7 * want,
-                "ln_1p({x}) = {got}, want {want}"
-            );
-        }
     }
 }

@@ -2,20 +2,21 @@
 //! frame's occupancy and gradient row without a beta table.
 //!
 //! Extended states: `s = 0..2L+1`; even states are the blank, odd state `2j+1` is label `j`.
-//! All values are natural logs. The loops run over contiguous, equally long slices with no
-//! branches, so LLVM vectorises them (see `dispatch.rs` for the instruction sets).
-//!
-//! Numerics: row `t` of the forward table is stored shifted by the running sum of earlier
-//! row maxima (kept in float64), so stored values stay near 0 and float32 keeps its precision
-//! over any length. The backward rows are shifted the same way. The occupancy of a frame is
-//! `softmax_s(alpha[t][s] + beta[t][s])`: exact, and independent of every shift.
+//! Alphas, betas and emissions are probabilities in extended range (`scaled.rs`): a float64
+//! mantissa and an integer exponent per state, so a three-way sum costs a few adds,
+//! multiplies and bit operations instead of the two `exp` and one `log` of a log-space
+//! log-sum-exp, nothing under- or overflows at any length, and every state keeps float64's
+//! relative precision. The loops run over contiguous, equally long slices with no branches,
+//! so LLVM vectorises them (see `dispatch.rs` for the instruction sets). The occupancy of a
+//! frame is `alpha[t][s] * beta[t][s]` normalised over the frame: exact, whatever the scale.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::fastmath::FastMath;
+use super::scaled::{add2, fmax, ln, normalise, pow2};
 use crate::options::GradWrt;
 
-/// Leading (forward) or trailing (backward) `-inf` pads, so `s - 2` and `s + 2` need no checks.
+/// Leading (forward) or trailing (backward) zero pads, so `s - 2` and `s + 2` need no checks.
 const PAD: usize = 2;
 
 /// One sample, as the kernels see it.
@@ -42,30 +43,47 @@ pub struct GradSpec<F> {
     pub zero_infinity: bool,
 }
 
+/// A row of extended-range values: mantissas and exponents side by side.
+#[derive(Debug, Default)]
+struct Rows {
+    m: Vec<f64>,
+    e: Vec<f64>,
+}
+
+impl Rows {
+    /// `count` rows of `width` zeros (`m = 0, e = -inf`).
+    fn reset(&mut self, len: usize) {
+        reset(&mut self.m, len, 0.0);
+        reset(&mut self.e, len, f64::NEG_INFINITY);
+    }
+}
+
 /// Scratch memory reused across samples and calls (one per worker thread).
 ///
-/// The recursion runs in float64 whatever the input type: float32 inputs then lose nothing
-/// to accumulated rounding (a float32 recursion drifts by ~|alpha| * 6e-8 per frame on
-/// states far below the row maximum, 2e-4 on peaked inputs at T=5000). Only the forward
-/// table is stored in the input type: one rounding per entry, no accumulation.
+/// The recursion runs in float64 whatever the input type. Only the forward table is stored
+/// in the input type (the mantissas; exponents as `i32`): one rounding per entry, no
+/// accumulation.
 #[derive(Debug, Default)]
 pub struct Workspace<F> {
-    /// Forward table, row `t` holds frame `t`'s normalised log-alphas (width `states`).
-    table: Vec<F>,
+    /// Forward table mantissas, row `t` holds frame `t`'s alphas (width `states`).
+    table_m: Vec<F>,
+    /// Forward table exponents (`i32::MIN` for a zero).
+    table_e: Vec<i32>,
     /// Two running forward rows, width `states + PAD`, state `s` at `PAD + s`.
-    alpha: Vec<f64>,
+    alpha: Rows,
     /// Two running backward rows, width `states + PAD`, state `s` at `s`.
-    beta: Vec<f64>,
-    /// `beta[t+1][s] + emission[t+1][s]`, width `states + PAD`.
-    next_weighted: Vec<f64>,
+    beta: Rows,
+    /// `beta[t+1][s] * emission[t+1][s]`, width `states + PAD`.
+    next_weighted: Rows,
     /// Emissions of one frame, per extended state.
-    emit: Vec<f64>,
+    emit: Rows,
     /// The input at the blank and each label, per frame (`L + 1` per row): read once by the
     /// forward pass (one load per label, not per state), reused by the backward pass.
     frames: Vec<F>,
-    /// Additive mask: 0 where state `s` may be entered from `s - 2`, else `-inf`; width
-    /// `states + PAD`.
-    skip: Vec<f64>,
+    /// Per state `s`: 1 where `s` may be entered from `s - 2`, else 0; width `states + PAD`.
+    skip_m: Vec<f64>,
+    /// The same as an exponent offset: 0 where allowed, else `-inf`.
+    skip_e: Vec<f64>,
     /// Per-state occupancy of the current frame.
     occupancy: Vec<f64>,
     /// The class of each extended state (the blank or a label), each in `[0, C)`.
@@ -104,36 +122,6 @@ fn min_frames(labels: &[u32]) -> usize {
 }
 
 #[inline(always)]
-fn log_add<F: FastMath>(a: f64, b: f64) -> f64 {
-    let m = a.fmax(b);
-    let low = a.fmin(b);
-    let safe = if m == f64::NEG_INFINITY { 0.0 } else { m };
-    let out = safe + F::lattice_ln_1p(F::lattice_exp(low - safe));
-    if m == f64::NEG_INFINITY {
-        f64::NEG_INFINITY
-    } else {
-        out
-    }
-}
-
-/// `ln(e^a + e^b + e^c)` with two exps and one log; inputs are finite or `-inf`.
-#[inline(always)]
-fn log_add3<F: FastMath>(a: f64, b: f64, c: f64) -> f64 {
-    let p = a.fmax(b);
-    let q = a.fmin(b);
-    let m = p.fmax(c);
-    let r = p.fmin(c);
-    let safe = if m == f64::NEG_INFINITY { 0.0 } else { m };
-    let rest = F::lattice_exp(q - safe) + F::lattice_exp(r - safe);
-    let out = safe + F::lattice_ln_1p(rest);
-    if m == f64::NEG_INFINITY {
-        f64::NEG_INFINITY
-    } else {
-        out
-    }
-}
-
-#[inline(always)]
 fn max_of(values: &[f64]) -> f64 {
     const LANES: usize = 8;
     let mut acc = [f64::NEG_INFINITY; LANES];
@@ -164,6 +152,25 @@ fn sum_of(values: &[f64]) -> f64 {
     }
     let mut total = 0.0;
     for &v in acc.iter().chain(rest) {
+        total += v;
+    }
+    total
+}
+
+/// The sum of `values[0]`, `values[2]`, `values[4]`, ...
+#[inline(always)]
+fn sum_of_even(values: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let chunks = values.chunks_exact(2 * LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, pair) in acc.iter_mut().zip(chunk.chunks_exact(2)) {
+            *a += pair[0];
+        }
+    }
+    let mut total = 0.0;
+    for &v in acc.iter().chain(rest.iter().step_by(2)) {
         total += v;
     }
     total
@@ -221,26 +228,31 @@ fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize) {
     }
 }
 
-/// Expands a frame read by `read_frame` to the emissions of states `lo..=hi` (and perhaps a
-/// few more), in float64 and shifted by `norm`.
+/// Expands a frame read by `read_frame` to the emission probabilities of states `lo..=hi`
+/// (and perhaps a few more), shifted by `norm`.
 #[inline(always)]
-fn expand<F: FastMath>(frame: &[F], lo: usize, hi: usize, norm: f64, emit: &mut [f64]) {
+fn expand<F: FastMath>(frame: &[F], lo: usize, hi: usize, norm: f64, emit: &mut Rows) {
     // Whole (blank, label) pairs covering lo..=hi: a branch-free loop that vectorises.
     // Pair j is states (2j, 2j+1): the blank and label j (frame[j + 1]).
     let labels = frame.len() - 1;
     let first = lo / 2;
     let end = (hi / 2 + 1).min(labels);
-    let blank = frame[0].to_f64() - norm;
+    let (blank_m, blank_e) = F::lattice_exp_parts(frame[0].to_f64() - norm);
     if first < end {
-        let pairs = emit[2 * first..2 * end].chunks_exact_mut(2);
-        for (pair, &label) in pairs.zip(&frame[first + 1..end + 1]) {
-            pair[0] = blank;
-            pair[1] = label.to_f64() - norm;
+        let pairs_m = emit.m[2 * first..2 * end].chunks_exact_mut(2);
+        let pairs_e = emit.e[2 * first..2 * end].chunks_exact_mut(2);
+        for ((pm, pe), &label) in pairs_m.zip(pairs_e).zip(&frame[first + 1..end + 1]) {
+            let (m, e) = F::lattice_exp_parts(label.to_f64() - norm);
+            pm[0] = blank_m;
+            pm[1] = m;
+            pe[0] = blank_e;
+            pe[1] = e;
         }
     }
     if hi == 2 * labels {
         // The final blank, which has no label after it.
-        emit[hi] = blank;
+        emit.m[hi] = blank_m;
+        emit.e[hi] = blank_e;
     }
 }
 
@@ -288,14 +300,26 @@ fn fill_classes(labels: &[u32], blank: usize, classes: &mut Vec<usize>) {
     }
 }
 
-/// Prepares the skip mask of a target.
-fn fill_skip(labels: &[u32], skip: &mut Vec<f64>) {
+/// Prepares the skip masks of a target.
+fn fill_skip(labels: &[u32], skip_m: &mut Vec<f64>, skip_e: &mut Vec<f64>) {
     let states = 2 * labels.len() + 1;
-    reset(skip, states + PAD, f64::NEG_INFINITY);
+    reset(skip_m, states + PAD, 0.0);
+    reset(skip_e, states + PAD, f64::NEG_INFINITY);
     for j in 1..labels.len() {
         if labels[j] != labels[j - 1] {
-            skip[2 * j + 1] = 0.0;
+            skip_m[2 * j + 1] = 1.0;
+            skip_e[2 * j + 1] = 0.0;
         }
+    }
+}
+
+/// The table's exponent back in float64: `-inf` for a zero.
+#[inline(always)]
+fn table_exponent(e: i32) -> f64 {
+    if e == i32::MIN {
+        f64::NEG_INFINITY
+    } else {
+        e as f64
     }
 }
 
@@ -311,9 +335,61 @@ fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T],
     }
 }
 
+/// `a + b + skip * c` in extended range; `skip` is the state's skip mask as a factor (0 or
+/// 1) and an exponent offset (`-inf` or 0), so a forbidden skip neither adds nor wins the max.
+#[inline(always)]
+fn sum3(a: (f64, f64), b: (f64, f64), c: (f64, f64), skip: (f64, f64)) -> (f64, f64) {
+    let c_e = c.1 + skip.1;
+    let e = fmax(fmax(a.1, b.1), c_e);
+    let m = a.0 * pow2(a.1 - e) + b.0 * pow2(b.1 - e) + c.0 * skip.0 * pow2(c_e - e);
+    (m, e)
+}
+
+/// One step of the recursion over `out.len()` states: `out[i] = (a[i] + b[i] + skip[i] *
+/// c[i]) * emit[i]` in extended range (no factor without `emit`). `a`, `b`, `c` are the three
+/// predecessors (forward) or weighted successors (backward) of state `i`.
+#[inline(always)]
+fn combine3(
+    [a, b, c]: [(&[f64], &[f64]); 3],
+    skip: (&[f64], &[f64]),
+    emit: Option<(&[f64], &[f64])>,
+    out_m: &mut [f64],
+    out_e: &mut [f64],
+) {
+    let n = out_m.len();
+    let (a_m, a_e, b_m, b_e) = (&a.0[..n], &a.1[..n], &b.0[..n], &b.1[..n]);
+    let (c_m, c_e, skip_m, skip_e) = (&c.0[..n], &c.1[..n], &skip.0[..n], &skip.1[..n]);
+    let out_e = &mut out_e[..n];
+    match emit {
+        Some((emit_m, emit_e)) => {
+            let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
+            for i in 0..n {
+                let (m, e) = sum3(
+                    (a_m[i], a_e[i]),
+                    (b_m[i], b_e[i]),
+                    (c_m[i], c_e[i]),
+                    (skip_m[i], skip_e[i]),
+                );
+                (out_m[i], out_e[i]) = normalise(m * emit_m[i], e + emit_e[i]);
+            }
+        }
+        None => {
+            for i in 0..n {
+                let (m, e) = sum3(
+                    (a_m[i], a_e[i]),
+                    (b_m[i], b_e[i]),
+                    (c_m[i], c_e[i]),
+                    (skip_m[i], skip_e[i]),
+                );
+                (out_m[i], out_e[i]) = normalise(m, e);
+            }
+        }
+    }
+}
+
 /// Runs the forward recursion and returns the log-likelihood (`-inf` when no alignment
-/// exists, NaN when a NaN or `+inf` was read). With `keep_table`, `ws.table` keeps every
-/// normalised row.
+/// exists, NaN when a NaN or `+inf` was read). With `keep_table`, the workspace keeps every
+/// row of alphas.
 #[inline(always)]
 pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_table: bool) -> f64 {
     let t_len = x.input_len;
@@ -330,18 +406,18 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
     }
     let states = 2 * labels.len() + 1;
     let width = states + PAD;
-    reset(&mut ws.alpha, 2 * width, f64::NEG_INFINITY);
-    reset(&mut ws.emit, states, 0.0);
+    ws.alpha.reset(2 * width);
+    ws.emit.reset(states);
     if keep_table {
-        reset(&mut ws.table, t_len * states, F::NEG_INFINITY);
+        reset(&mut ws.table_m, t_len * states, F::ZERO);
+        reset(&mut ws.table_e, t_len * states, i32::MIN);
     }
     let frame_rows = if keep_table { t_len } else { 1 };
     reset(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
-    fill_skip(labels, &mut ws.skip);
+    fill_skip(labels, &mut ws.skip_m, &mut ws.skip_e);
     fill_classes(labels, x.blank, &mut ws.classes);
     fill_log_norm(x, &mut ws.log_norm);
 
-    let mut log_scale = 0.0f64;
     for t in 0..t_len {
         let (lo, hi) = band(t, t_len, states);
         if t + 1 < t_len {
@@ -353,49 +429,49 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
             return f64::NAN;
         }
         expand(frame, lo, hi, ws.log_norm[t], &mut ws.emit);
-        let (cur, prev) = two_rows(&mut ws.alpha, t % 2, (t + 1) % 2, width);
+        let (cur_m, prev_m) = two_rows(&mut ws.alpha.m, t % 2, (t + 1) % 2, width);
+        let (cur_e, prev_e) = two_rows(&mut ws.alpha.e, t % 2, (t + 1) % 2, width);
         // The row is reused: clear what this frame does not write.
-        cur[..PAD + lo].fill(f64::NEG_INFINITY);
-        cur[PAD + hi + 1..].fill(f64::NEG_INFINITY);
+        cur_m[..PAD + lo].fill(0.0);
+        cur_m[PAD + hi + 1..].fill(0.0);
+        cur_e[..PAD + lo].fill(f64::NEG_INFINITY);
+        cur_e[PAD + hi + 1..].fill(f64::NEG_INFINITY);
         let n = hi + 1 - lo;
-        let emit = &ws.emit[lo..lo + n];
-        let out = &mut cur[PAD + lo..PAD + lo + n];
+        let emit = (&ws.emit.m[lo..lo + n], &ws.emit.e[lo..lo + n]);
+        let out_m = &mut cur_m[PAD + lo..PAD + lo + n];
+        let out_e = &mut cur_e[PAD + lo..PAD + lo + n];
         if t == 0 {
-            out.copy_from_slice(emit);
-        } else {
-            let stay = &prev[PAD + lo..PAD + lo + n];
-            let step = &prev[PAD + lo - 1..PAD + lo - 1 + n];
-            let jump = &prev[PAD + lo - 2..PAD + lo - 2 + n];
-            let mask = &ws.skip[lo..lo + n];
             for i in 0..n {
-                out[i] = log_add3::<F>(stay[i], step[i], jump[i] + mask[i]) + emit[i];
+                (out_m[i], out_e[i]) = normalise(emit.0[i], emit.1[i]);
             }
-        }
-        let m = max_of(out);
-        if m == f64::NEG_INFINITY {
-            return f64::NEG_INFINITY;
-        }
-        if t + 1 < t_len {
-            for v in out.iter_mut() {
-                *v -= m;
-            }
-            log_scale += m;
+        } else {
+            let at = |k: usize| (&prev_m[PAD + lo - k..], &prev_e[PAD + lo - k..]);
+            let skip = (&ws.skip_m[lo..], &ws.skip_e[lo..]);
+            combine3([at(0), at(1), at(2)], skip, Some(emit), out_m, out_e);
         }
         if keep_table {
-            let row = &mut ws.table[t * states + lo..t * states + lo + n];
-            for (slot, &v) in row.iter_mut().zip(out.iter()) {
-                *slot = F::from_f64(v);
+            let row = t * states + lo..t * states + lo + n;
+            for (slot, &m) in ws.table_m[row.clone()].iter_mut().zip(out_m.iter()) {
+                *slot = F::from_f64(m);
+            }
+            // Saturating: -inf (a zero) becomes i32::MIN.
+            for (slot, &e) in ws.table_e[row].iter_mut().zip(out_e.iter()) {
+                *slot = e as i32;
             }
         }
     }
 
-    let last = &ws.alpha[((t_len - 1) % 2) * width + PAD..((t_len - 1) % 2 + 1) * width];
-    let end = if states > 1 {
-        log_add::<F>(last[states - 1], last[states - 2])
+    let last = (t_len - 1) % 2 * width + PAD;
+    let (m, e) = (
+        &ws.alpha.m[last..last + states],
+        &ws.alpha.e[last..last + states],
+    );
+    let (end_m, end_e) = if states > 1 {
+        add2(m[states - 1], e[states - 1], m[states - 2], e[states - 2])
     } else {
-        last[0]
+        (m[0], e[0])
     };
-    log_scale + end
+    ln(end_m, end_e)
 }
 
 /// The log-likelihood, and the gradient rows `0..input_len` of `grad` (`(T, C)`, rows
@@ -427,8 +503,8 @@ pub fn forward_backward<F: FastMath>(
     let labels = x.labels;
     let states = 2 * labels.len() + 1;
     let width = states + PAD;
-    reset(&mut ws.beta, 2 * width, f64::NEG_INFINITY);
-    reset(&mut ws.next_weighted, width, f64::NEG_INFINITY);
+    ws.beta.reset(2 * width);
+    ws.next_weighted.reset(width);
     reset(&mut ws.occupancy, states, 0.0);
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
     ws.distinct_classes.clear();
@@ -442,46 +518,52 @@ pub fn forward_backward<F: FastMath>(
     for t in (0..t_len).rev() {
         let (lo, hi) = band(t, t_len, states);
         let n = hi + 1 - lo;
-        let (cur, next) = two_rows(&mut ws.beta, t % 2, (t + 1) % 2, width);
-        cur.fill(f64::NEG_INFINITY);
+        let (cur_m, next_m) = two_rows(&mut ws.beta.m, t % 2, (t + 1) % 2, width);
+        let (cur_e, next_e) = two_rows(&mut ws.beta.e, t % 2, (t + 1) % 2, width);
+        cur_m.fill(0.0);
+        cur_e.fill(f64::NEG_INFINITY);
         if t + 1 == t_len {
-            cur[states - 1] = 0.0;
+            cur_m[states - 1] = 1.0;
+            cur_e[states - 1] = 0.0;
             if states > 1 {
-                cur[states - 2] = 0.0;
+                cur_m[states - 2] = 1.0;
+                cur_e[states - 2] = 0.0;
             }
         } else {
             // ws.emit holds frame t+1's emissions on band(t+1): every state this frame
-            // reads with a finite beta.
+            // reads with a non-zero beta.
             let top = (hi + PAD).min(states - 1);
             let w = &mut ws.next_weighted;
-            for s in lo..=top {
-                w[s] = next[s] + ws.emit[s];
+            let k = top + 1 - lo;
+            let (w_m, w_e) = (&mut w.m[lo..lo + k], &mut w.e[lo..lo + k]);
+            let (n_m, n_e) = (&next_m[lo..lo + k], &next_e[lo..lo + k]);
+            let (y_m, y_e) = (&ws.emit.m[lo..lo + k], &ws.emit.e[lo..lo + k]);
+            for i in 0..k {
+                w_m[i] = n_m[i] * y_m[i];
+                w_e[i] = n_e[i] + y_e[i];
             }
             // Entries above `top` are stale or padding; `top` already reaches hi + 2.
-            w[top + 1..].fill(f64::NEG_INFINITY);
-            let m = max_of(&w[lo..=top]);
-            let stay = &w[lo..lo + n];
-            let step = &w[lo + 1..lo + 1 + n];
-            let jump = &w[lo + 2..lo + 2 + n];
-            let mask = &ws.skip[lo + 2..lo + 2 + n];
-            let out = &mut cur[lo..lo + n];
-            for i in 0..n {
-                out[i] = log_add3::<F>(stay[i], step[i], jump[i] + mask[i]) - m;
-            }
+            w.m[top + 1..].fill(0.0);
+            w.e[top + 1..].fill(f64::NEG_INFINITY);
+            let at = |k: usize| (&w.m[lo + k..], &w.e[lo + k..]);
+            let skip = (&ws.skip_m[lo + 2..], &ws.skip_e[lo + 2..]);
+            let (out_m, out_e) = (&mut cur_m[lo..lo + n], &mut cur_e[lo..lo + n]);
+            combine3([at(0), at(1), at(2)], skip, None, out_m, out_e);
         }
 
-        // Occupancy of frame t: softmax over the band of alpha + beta.
-        let alpha = &ws.table[t * states + lo..t * states + lo + n];
+        // Occupancy of frame t: alpha * beta over the band, normalised.
+        let alpha_m = &ws.table_m[t * states + lo..t * states + lo + n];
+        let alpha_e = &ws.table_e[t * states + lo..t * states + lo + n];
         let occ = &mut ws.occupancy[lo..lo + n];
-        let b = &cur[lo..lo + n];
+        let (b_m, b_e) = (&cur_m[lo..lo + n], &cur_e[lo..lo + n]);
         for i in 0..n {
-            occ[i] = alpha[i].to_f64() + b[i];
+            occ[i] = table_exponent(alpha_e[i]) + b_e[i];
         }
-        let m = max_of(occ);
-        for v in occ.iter_mut() {
-            *v = F::lattice_exp(*v - m);
+        let top = max_of(occ);
+        for i in 0..n {
+            occ[i] = alpha_m[i].to_f64() * b_m[i] * pow2(occ[i] - top);
         }
-        let weight = scale / sum_of(occ);
+        let total = sum_of(occ);
 
         let mut row = grad.row_mut(t);
         if spec.wrt == GradWrt::Logits {
@@ -506,12 +588,18 @@ pub fn forward_backward<F: FastMath>(
         // For the log_probs gradient the first touch of a row is then a store: the row is
         // fresh zeroed memory, and a read-modify-write would fault its page twice (read the
         // shared zero page, then copy on write).
+        // The blank's states are every other one: summed apart (a scatter into one slot
+        // would chain every second addition through memory).
         let acc = &mut ws.class_total;
-        for (i, &o) in occ.iter().enumerate() {
-            acc[ws.classes[lo + i]] += o;
+        let first_label = 1 - lo % 2;
+        acc[x.blank] = sum_of_even(&occ[lo % 2..]);
+        for i in (first_label..n).step_by(2) {
+            acc[ws.classes[lo + i]] += occ[i];
         }
         for &class in &ws.distinct_classes {
-            let g = F::from_f64(-acc[class] * weight);
+            // A division, not a product with 1/total: a class holding the whole frame gets
+            // exactly the scale.
+            let g = F::from_f64(-(acc[class] / total) * scale);
             match spec.wrt {
                 GradWrt::LogProbs => row[class] = g,
                 GradWrt::Logits => row[class] += g,

@@ -3,6 +3,7 @@
 mod dispatch;
 mod fastmath;
 mod lattice;
+mod scaled;
 mod viterbi;
 
 use std::cell::RefCell;
