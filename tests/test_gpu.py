@@ -501,3 +501,9 @@ def test_gil_is_released_during_gpu_calls(rng):
     during = [t for t in ticks if start < t < end]
     if end - start > 0.05:
         assert len(during) >= 3, (end - start, len(during))
+
+
+def test_nan_after_every_path_died_gives_inf(rng):
+    import test_semantics
+
+    test_semantics.test_nan_after_every_path_died_gives_inf(rng, device="gpu")

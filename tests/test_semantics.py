@@ -275,6 +275,26 @@ def test_zero_infinity_keeps_nan(rng):
         assert np.isfinite(loss[1])
 
 
+def nan_after_dead_end_case(rng):
+    """Sample 0 has a NaN after a frame no path survives, sample 1 a NaN before it."""
+    lp = log_softmax(rng.normal(size=(4, 2, 3)))
+    lp[1, :, :] = -np.inf  # frame 1: no path survives it
+    lp[3, 0, :] = np.nan  # sample 0: NaN after the dead end
+    lp[0, 1, :] = np.nan  # sample 1: NaN before it
+    return lp, np.array([[1], [2]]), [4, 4], [1, 1]
+
+
+def test_nan_after_every_path_died_gives_inf(rng, device="cpu"):
+    """A NaN read before any dead end makes the loss NaN; once no path reaches a frame, later
+    frames are not read and the loss is +inf (tests/test_gpu.py runs this on the GPU)."""
+    lp, targets, input_lengths, target_lengths = nan_after_dead_end_case(rng)
+    args = (lp, targets, input_lengths, target_lengths)
+    loss = fastctc.ctc_loss(*args, reduction="none", device=device)
+    assert np.isposinf(loss[0]) and np.isnan(loss[1])
+    _, grad = fastctc.ctc_loss_and_grad(*args, reduction="none", zero_infinity=True, device=device)
+    assert np.all(grad[:, 0] == 0) and np.all(np.isnan(grad[:, 1]))
+
+
 def test_neg_inf_log_probs_get_zero_gradient(rng):
     case = make_case(rng, 7, 3, 5, 3, normalised=False)
     lp = case.log_probs.copy()

@@ -67,8 +67,11 @@ impl Rows {
 pub struct Workspace<F> {
     /// Forward table mantissas, row `t` holds frame `t`'s alphas (width `states`).
     table_m: Vec<F>,
-    /// Forward table exponents (`i32::MIN` for a zero).
-    table_e: Vec<i32>,
+    /// Forward table exponents, relative to the row's `table_base` (`-inf` for a zero): in
+    /// float32 they are exact up to 2^24 binary orders below the row's largest state.
+    table_e: Vec<f32>,
+    /// Per row of the table, the largest exponent.
+    table_base: Vec<f64>,
     /// Two running forward rows, width `states + PAD`, state `s` at `PAD + s`.
     alpha: Rows,
     /// Two running backward rows, width `states + PAD`, state `s` at `s`.
@@ -80,10 +83,9 @@ pub struct Workspace<F> {
     /// The input at the blank and each label, per frame (`L + 1` per row): read once by the
     /// forward pass (one load per label, not per state), reused by the backward pass.
     frames: Vec<F>,
-    /// Per state `s`: 1 where `s` may be entered from `s - 2`, else 0; width `states + PAD`.
-    skip_m: Vec<f64>,
-    /// The same as an exponent offset: 0 where allowed, else `-inf`.
-    skip_e: Vec<f64>,
+    /// Per state `s`, as an exponent offset: 0 where `s` may be entered from `s - 2`, else
+    /// `-inf` (the term then counts 0); width `states + PAD`.
+    skip: Vec<f64>,
     /// Per-state occupancy of the current frame.
     occupancy: Vec<f64>,
     /// The class of each extended state (the blank or a label), each in `[0, C)`.
@@ -185,16 +187,18 @@ fn read_frame<F: FastMath>(x: &SampleRef<'_, F>, t: usize, norm: f64, out: &mut 
     let base = row.as_ptr();
     let stride = row.strides()[0];
     let len = row.len();
-    let mut finite_or_neg_inf = true;
     let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
     for (slot, class) in out.iter_mut().zip(classes) {
         assert!(class < len);
         // SAFETY: `class < len` (checked above; validation guarantees it, so the check is
         // free in practice), and element `class` of a row of `len` elements with this
         // stride lies inside the array `row` views.
-        let v = unsafe { *base.offset(class as isize * stride) };
+        *slot = unsafe { *base.offset(class as isize * stride) };
+    }
+    // Checked apart from the gather, in a loop that vectorises.
+    let mut finite_or_neg_inf = true;
+    for &v in out.iter() {
         finite_or_neg_inf &= v.to_f64() - norm < f64::INFINITY;
-        *slot = v;
     }
     finite_or_neg_inf
 }
@@ -300,26 +304,14 @@ fn fill_classes(labels: &[u32], blank: usize, classes: &mut Vec<usize>) {
     }
 }
 
-/// Prepares the skip masks of a target.
-fn fill_skip(labels: &[u32], skip_m: &mut Vec<f64>, skip_e: &mut Vec<f64>) {
+/// Prepares the skip mask of a target.
+fn fill_skip(labels: &[u32], skip: &mut Vec<f64>) {
     let states = 2 * labels.len() + 1;
-    reset(skip_m, states + PAD, 0.0);
-    reset(skip_e, states + PAD, f64::NEG_INFINITY);
+    reset(skip, states + PAD, f64::NEG_INFINITY);
     for j in 1..labels.len() {
         if labels[j] != labels[j - 1] {
-            skip_m[2 * j + 1] = 1.0;
-            skip_e[2 * j + 1] = 0.0;
+            skip[2 * j + 1] = 0.0;
         }
-    }
-}
-
-/// The table's exponent back in float64: `-inf` for a zero.
-#[inline(always)]
-fn table_exponent(e: i32) -> f64 {
-    if e == i32::MIN {
-        f64::NEG_INFINITY
-    } else {
-        e as f64
     }
 }
 
@@ -335,51 +327,83 @@ fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T],
     }
 }
 
-/// `a + b + skip * c` in extended range; `skip` is the state's skip mask as a factor (0 or
-/// 1) and an exponent offset (`-inf` or 0), so a forbidden skip neither adds nor wins the max.
+/// Frames between two normalisations of the running rows. In between, a mantissa grows by
+/// at most 4.3x per frame (a sum of three, times an emission mantissa below 1.42) and
+/// shrinks by at most 0.7x (the sum's largest term counts fully): after 8 frames it lies in
+/// `[0.05, 2e5]`, so a term cut below `2^-1022` of the largest stays below rounding.
+const NORMALISE_EVERY: usize = 8;
+
+/// `a + b + c` in extended range, with `c`'s exponent offset by the skip mask (`-inf`: the
+/// term counts 0).
 #[inline(always)]
-fn sum3(a: (f64, f64), b: (f64, f64), c: (f64, f64), skip: (f64, f64)) -> (f64, f64) {
-    let c_e = c.1 + skip.1;
+fn sum3(a: (f64, f64), b: (f64, f64), c: (f64, f64), skip: f64) -> (f64, f64) {
+    let c_e = c.1 + skip;
     let e = fmax(fmax(a.1, b.1), c_e);
-    let m = a.0 * pow2(a.1 - e) + b.0 * pow2(b.1 - e) + c.0 * skip.0 * pow2(c_e - e);
+    let m = a.0 * pow2(a.1 - e) + b.0 * pow2(b.1 - e) + c.0 * pow2(c_e - e);
     (m, e)
 }
 
 /// One step of the recursion over `out.len()` states: `out[i] = (a[i] + b[i] + skip[i] *
 /// c[i]) * emit[i]` in extended range (no factor without `emit`). `a`, `b`, `c` are the three
-/// predecessors (forward) or weighted successors (backward) of state `i`.
+/// predecessors (forward) or weighted successors (backward) of state `i`. With `renorm`,
+/// mantissas come out in `[1, 2)`.
 #[inline(always)]
 fn combine3(
     [a, b, c]: [(&[f64], &[f64]); 3],
-    skip: (&[f64], &[f64]),
+    skip: &[f64],
     emit: Option<(&[f64], &[f64])>,
+    renorm: bool,
     out_m: &mut [f64],
     out_e: &mut [f64],
 ) {
     let n = out_m.len();
     let (a_m, a_e, b_m, b_e) = (&a.0[..n], &a.1[..n], &b.0[..n], &b.1[..n]);
-    let (c_m, c_e, skip_m, skip_e) = (&c.0[..n], &c.1[..n], &skip.0[..n], &skip.1[..n]);
+    let (c_m, c_e, skip) = (&c.0[..n], &c.1[..n], &skip[..n]);
     let out_e = &mut out_e[..n];
-    match emit {
-        Some((emit_m, emit_e)) => {
+    // Four loops without branches inside, so each vectorises.
+    match (emit, renorm) {
+        (Some((emit_m, emit_e)), false) => {
             let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
             for i in 0..n {
                 let (m, e) = sum3(
                     (a_m[i], a_e[i]),
                     (b_m[i], b_e[i]),
                     (c_m[i], c_e[i]),
-                    (skip_m[i], skip_e[i]),
+                    skip[i],
                 );
-                (out_m[i], out_e[i]) = normalise(m * emit_m[i], e + emit_e[i]);
+                out_m[i] = m * emit_m[i];
+                out_e[i] = e + emit_e[i];
             }
         }
-        None => {
+        (Some((emit_m, emit_e)), true) => {
+            let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
             for i in 0..n {
                 let (m, e) = sum3(
                     (a_m[i], a_e[i]),
                     (b_m[i], b_e[i]),
                     (c_m[i], c_e[i]),
-                    (skip_m[i], skip_e[i]),
+                    skip[i],
+                );
+                (out_m[i], out_e[i]) = normalise(m * emit_m[i], e + emit_e[i]);
+            }
+        }
+        (None, false) => {
+            for i in 0..n {
+                (out_m[i], out_e[i]) = sum3(
+                    (a_m[i], a_e[i]),
+                    (b_m[i], b_e[i]),
+                    (c_m[i], c_e[i]),
+                    skip[i],
+                );
+            }
+        }
+        (None, true) => {
+            for i in 0..n {
+                let (m, e) = sum3(
+                    (a_m[i], a_e[i]),
+                    (b_m[i], b_e[i]),
+                    (c_m[i], c_e[i]),
+                    skip[i],
                 );
                 (out_m[i], out_e[i]) = normalise(m, e);
             }
@@ -410,11 +434,12 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
     ws.emit.reset(states);
     if keep_table {
         reset(&mut ws.table_m, t_len * states, F::ZERO);
-        reset(&mut ws.table_e, t_len * states, i32::MIN);
+        reset(&mut ws.table_e, t_len * states, f32::NEG_INFINITY);
+        reset(&mut ws.table_base, t_len, 0.0);
     }
     let frame_rows = if keep_table { t_len } else { 1 };
     reset(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
-    fill_skip(labels, &mut ws.skip_m, &mut ws.skip_e);
+    fill_skip(labels, &mut ws.skip);
     fill_classes(labels, x.blank, &mut ws.classes);
     fill_log_norm(x, &mut ws.log_norm);
 
@@ -426,7 +451,11 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
         let row = if keep_table { t } else { 0 };
         let frame = &mut ws.frames[row * (labels.len() + 1)..(row + 1) * (labels.len() + 1)];
         if !read_frame(x, t, ws.log_norm[t], frame) {
-            return f64::NAN;
+            // A NaN or +inf read after every path has died does not count (the GPU stops
+            // at the first dead frame): the loss is then +inf.
+            let prev = (t + 1) % 2 * width;
+            let dead = t > 0 && max_of(&ws.alpha.e[prev..prev + width]) == f64::NEG_INFINITY;
+            return if dead { f64::NEG_INFINITY } else { f64::NAN };
         }
         expand(frame, lo, hi, ws.log_norm[t], &mut ws.emit);
         let (cur_m, prev_m) = two_rows(&mut ws.alpha.m, t % 2, (t + 1) % 2, width);
@@ -446,17 +475,26 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
             }
         } else {
             let at = |k: usize| (&prev_m[PAD + lo - k..], &prev_e[PAD + lo - k..]);
-            let skip = (&ws.skip_m[lo..], &ws.skip_e[lo..]);
-            combine3([at(0), at(1), at(2)], skip, Some(emit), out_m, out_e);
+            let renorm = t % NORMALISE_EVERY == 0;
+            combine3(
+                [at(0), at(1), at(2)],
+                &ws.skip[lo..],
+                Some(emit),
+                renorm,
+                out_m,
+                out_e,
+            );
         }
         if keep_table {
             let row = t * states + lo..t * states + lo + n;
             for (slot, &m) in ws.table_m[row.clone()].iter_mut().zip(out_m.iter()) {
                 *slot = F::from_f64(m);
             }
-            // Saturating: -inf (a zero) becomes i32::MIN.
+            let base = max_of(out_e);
+            let base = if base == f64::NEG_INFINITY { 0.0 } else { base };
+            ws.table_base[t] = base;
             for (slot, &e) in ws.table_e[row].iter_mut().zip(out_e.iter()) {
-                *slot = e as i32;
+                *slot = (e - base) as f32;
             }
         }
     }
@@ -514,6 +552,7 @@ pub fn forward_backward<F: FastMath>(
     ws.distinct_classes.sort_unstable();
     ws.distinct_classes.dedup();
     let scale = spec.scale.to_f64();
+    let lik_exponent = (log_lik * std::f64::consts::LOG2_E).round();
 
     for t in (0..t_len).rev() {
         let (lo, hi) = band(t, t_len, states);
@@ -546,22 +585,24 @@ pub fn forward_backward<F: FastMath>(
             w.m[top + 1..].fill(0.0);
             w.e[top + 1..].fill(f64::NEG_INFINITY);
             let at = |k: usize| (&w.m[lo + k..], &w.e[lo + k..]);
-            let skip = (&ws.skip_m[lo + 2..], &ws.skip_e[lo + 2..]);
+            let skip = &ws.skip[lo + 2..];
+            let renorm = t % NORMALISE_EVERY == 0;
             let (out_m, out_e) = (&mut cur_m[lo..lo + n], &mut cur_e[lo..lo + n]);
-            combine3([at(0), at(1), at(2)], skip, None, out_m, out_e);
+            combine3([at(0), at(1), at(2)], skip, None, renorm, out_m, out_e);
         }
 
         // Occupancy of frame t: alpha * beta over the band, normalised.
         let alpha_m = &ws.table_m[t * states + lo..t * states + lo + n];
         let alpha_e = &ws.table_e[t * states + lo..t * states + lo + n];
+        // alpha * beta is at most the likelihood: shifted by its exponent, every term is at
+        // most a few orders above 1 (mantissas between normalisations), and those below
+        // 2^-1023 of it are cut to 0.
+        let shift = ws.table_base[t] - lik_exponent;
         let occ = &mut ws.occupancy[lo..lo + n];
         let (b_m, b_e) = (&cur_m[lo..lo + n], &cur_e[lo..lo + n]);
         for i in 0..n {
-            occ[i] = table_exponent(alpha_e[i]) + b_e[i];
-        }
-        let top = max_of(occ);
-        for i in 0..n {
-            occ[i] = alpha_m[i].to_f64() * b_m[i] * pow2(occ[i] - top);
+            let e = (alpha_e[i] as f64 + shift) + b_e[i];
+            occ[i] = alpha_m[i].to_f64() * b_m[i] * pow2(e);
         }
         let total = sum_of(occ);
 

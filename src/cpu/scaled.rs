@@ -1,5 +1,7 @@
 //! Extended-range probabilities: a value is a pair `(m, e)` meaning `m * 2^e`, with the
-//! mantissa `m` in `[1, 2)` (or 0) and the exponent `e` an integer held in a float64.
+//! mantissa `m` within a few orders of magnitude of 1 (or 0) and the exponent `e` an integer
+//! held in a float64. `normalise` brings a mantissa back to `[1, 2)`; the lattice does so
+//! every few frames, which is all the bounds below need.
 //!
 //! Why: the lattice sums probabilities (`a + b + c`, then times an emission). In log space
 //! each sum costs two `exp` and one `log`; plain float64 probabilities underflow (one row of
@@ -29,15 +31,16 @@ pub fn fmax(a: f64, b: f64) -> f64 {
     }
 }
 
-/// `2^d` for an integer-valued `d <= 0`; below -1022 (and for NaN) it returns `2^-1022`.
+/// `2^d` for an integer-valued `d` up to 1023; 0 for `d <= -1023`, `-inf` and NaN.
 ///
-/// The clamp is harmless where it is used: the result scales a mantissa in `[1, 2)` that is
-/// added to a term of at least 1 (the sum's largest), or a mantissa of 0.
+/// Callers scale a mantissa by it and add the result to a term whose factor is 1 (the sum's
+/// largest), so what the cut drops is below rounding; a zero state (exponent `-inf`) or a
+/// forbidden transition (exponent offset `-inf`) contributes exactly 0.
 #[inline(always)]
 pub fn pow2(d: f64) -> f64 {
-    let d = fmax(d, -1022.0);
-    // The 11 low bits of the mantissa hold d + 1023 in [1, 1023]; shifting them into the
-    // exponent field drops everything else.
+    let d = fmax(d, -1023.0);
+    // The 11 low bits of the mantissa hold d + 1023 in [0, 2046]; shifting them into the
+    // exponent field drops everything else (a field of 0 with no mantissa bits is 0.0).
     f64::from_bits((d + POW2_MAGIC).to_bits() << 52)
 }
 
@@ -53,8 +56,8 @@ pub fn split(v: f64) -> (f64, f64) {
     (m, k)
 }
 
-/// `m1 * 2^e1 + m2 * 2^e2` (each normalised or zero), as a pair with the exponent of the
-/// larger term; the mantissa lands in `[1, 4)` (or 0).
+/// `m1 * 2^e1 + m2 * 2^e2` (mantissas within a few orders of 1, or zero), as a pair with
+/// the exponent of the larger term.
 #[inline(always)]
 pub fn add2(m1: f64, e1: f64, m2: f64, e2: f64) -> (f64, f64) {
     let e = fmax(e1, e2);
@@ -107,13 +110,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pow2_is_exact_and_clamped() {
-        for d in -1022..=0 {
+    fn pow2_is_exact_and_cut_to_zero() {
+        for d in -1022..=1023 {
             assert_eq!(pow2(d as f64), 2f64.powi(d), "2^{d}");
         }
-        assert_eq!(pow2(-5000.0), 2f64.powi(-1022));
-        assert_eq!(pow2(f64::NEG_INFINITY), 2f64.powi(-1022));
-        assert_eq!(pow2(f64::NAN), 2f64.powi(-1022));
+        assert_eq!(pow2(-1023.0), 0.0);
+        assert_eq!(pow2(-5000.0), 0.0);
+        assert_eq!(pow2(f64::NEG_INFINITY), 0.0);
+        assert_eq!(pow2(f64::NAN), 0.0);
     }
 
     #[test]
@@ -151,6 +155,7 @@ mod tests {
         assert_eq!(add2(0.0, f64::NEG_INFINITY, 1.5, -9.0), (1.5, -9.0));
         // A term more than 2^1022 below the other is below rounding, not a wrong value.
         assert_eq!(add2(1.0, 0.0, 1.0, -5000.0), (1.0, 0.0));
+        assert_eq!(add2(1.0, 0.0, 1.0, -1023.0), (1.0, 0.0));
     }
 
     #[test]
