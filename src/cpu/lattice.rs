@@ -97,6 +97,8 @@ pub struct Workspace<F> {
     class_total: Vec<f64>,
     /// The blank and the target's labels, each once.
     distinct_classes: Vec<usize>,
+    /// Byte offsets of the input row's cache lines the forward pass reads.
+    prefetch_lines: Vec<usize>,
 }
 
 impl<F: FastMath> Workspace<F> {
@@ -203,32 +205,53 @@ fn read_frame<F: FastMath>(x: &SampleRef<'_, F>, t: usize, norm: f64, out: &mut 
     finite_or_neg_inf
 }
 
-/// Asks the CPU to start loading frame `t`'s input row, when it is contiguous and wide: the
-/// labels are read at scattered places of the row, which the hardware prefetcher cannot
-/// predict, and with a large vocabulary each read would otherwise wait for memory.
+/// How many frames ahead the forward pass prefetches its input.
+const AHEAD: usize = 1;
+
+/// Cache line size assumed for prefetching.
+const LINE: usize = 64;
+
+/// The byte offsets (multiples of a cache line) of the lines holding the blank and the
+/// labels in a row of the input, each once; empty when the rows are not contiguous or too
+/// narrow for prefetching to matter.
+fn fill_prefetch_lines<F>(x: &SampleRef<'_, F>, lines: &mut Vec<usize>) {
+    lines.clear();
+    let contiguous = x.log_probs.strides()[1] == 1;
+    let bytes = x.log_probs.ncols() * std::mem::size_of::<F>();
+    if !contiguous || bytes <= 4 * LINE {
+        return;
+    }
+    let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
+    lines.extend(classes.map(|c| c * std::mem::size_of::<F>() / LINE * LINE));
+    lines.sort_unstable();
+    lines.dedup();
+}
+
+/// Asks the CPU to start loading the lines of frame `t`'s input row that hold the blank and
+/// the labels: they are read at scattered places of the row, which the hardware prefetcher
+/// cannot predict, and with a large vocabulary each read would otherwise wait for memory.
+/// Only those lines: with a vocabulary of 1000 and 80 labels that is about 70% of the row.
 #[inline(always)]
-fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize) {
+fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize, lines: &[usize]) {
     #[cfg(target_arch = "x86_64")]
     {
-        const LINE: usize = 64;
-        let row = x.log_probs.row(t);
-        let bytes = row.len() * std::mem::size_of::<F>();
-        if row.strides()[0] == 1 && bytes > 4 * LINE {
-            let base = row.as_ptr() as *const i8;
-            for offset in (0..bytes).step_by(LINE) {
-                // SAFETY: prefetching has no architectural effect; the address lies inside
-                // the row (offset < bytes).
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        base.add(offset),
-                    )
-                };
-            }
+        if lines.is_empty() {
+            return;
+        }
+        let base = x.log_probs.row(t).as_ptr() as *const i8;
+        for &offset in lines {
+            // SAFETY: prefetching has no architectural effect; the address lies inside the
+            // row (`fill_prefetch_lines` rounds offsets of valid classes down to a line).
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    base.add(offset),
+                )
+            };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, t);
+        let _ = (x, t, lines);
     }
 }
 
@@ -442,11 +465,12 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
     fill_skip(labels, &mut ws.skip);
     fill_classes(labels, x.blank, &mut ws.classes);
     fill_log_norm(x, &mut ws.log_norm);
+    fill_prefetch_lines(x, &mut ws.prefetch_lines);
 
     for t in 0..t_len {
         let (lo, hi) = band(t, t_len, states);
-        if t + 1 < t_len {
-            prefetch_frame(x, t + 1);
+        if t + AHEAD < t_len {
+            prefetch_frame(x, t + AHEAD, &ws.prefetch_lines);
         }
         let row = if keep_table { t } else { 0 };
         let frame = &mut ws.frames[row * (labels.len() + 1)..(row + 1) * (labels.len() + 1)];
@@ -637,10 +661,15 @@ pub fn forward_backward<F: FastMath>(
         for i in (first_label..n).step_by(2) {
             acc[ws.classes[lo + i]] += occ[i];
         }
+        let inv_total = 1.0 / total;
         for &class in &ws.distinct_classes {
-            // A division, not a product with 1/total: a class holding the whole frame gets
-            // exactly the scale.
-            let g = F::from_f64(-(acc[class] / total) * scale);
+            // A class holding the whole frame gets exactly the scale (x * (1/x) can miss 1).
+            let share = if acc[class] == total {
+                1.0
+            } else {
+                acc[class] * inv_total
+            };
+            let g = F::from_f64(-share * scale);
             match spec.wrt {
                 GradWrt::LogProbs => row[class] = g,
                 GradWrt::Logits => row[class] += g,
