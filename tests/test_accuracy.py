@@ -120,3 +120,37 @@ def test_results_identical_across_thread_counts(restore_threads, dtype, reductio
     # the draw should contain both finite and infinite samples
     per_sample = fastctc.ctc_loss(*args, reduction="none")
     assert np.any(np.isinf(per_sample)) and np.any(np.isfinite(per_sample))
+
+
+@pytest.mark.parametrize(
+    ("shape", "min_cells", "max_cells"),
+    [
+        ((20, 4, 6, 5), 0, 20_000),
+        ((120, 16, 10, 40), 20_000, 400_000),
+        ((400, 12, 12, 80), 400_000, 10**9),
+    ],
+    ids=["calling-thread", "caller-and-one-helper", "whole-pool"],
+)
+def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_cells, max_cells):
+    """Small batches run on the calling thread, medium ones are split with one pool thread,
+    large ones use the whole pool: each against the reference at 2 threads."""
+    num_frames, batch, num_classes, width = shape
+    rng = np.random.default_rng(sum(shape))
+    case = make_case(
+        rng,
+        num_frames,
+        batch,
+        num_classes,
+        width,
+        min_input_length=num_frames // 2,
+        full_targets=True,
+    )
+    cells = sum(t * (2 * s + 1) for t, s in zip(case.input_lengths, case.target_lengths))
+    # The thresholds of src/cpu/mod.rs (SERIAL_WORK, SPLIT_WORK).
+    assert min_cells <= cells < max_cells
+    fastctc.set_num_threads(2)
+    args = (case.log_probs, case.padded(0), case.input_lengths, case.target_lengths)
+    ref = case.reference("none")
+    loss, grad = fastctc.ctc_loss_and_grad(*args, reduction="none")
+    np.testing.assert_allclose(loss, ref.loss, rtol=1e-10)
+    np.testing.assert_allclose(grad, ref.grad_log_probs, rtol=0, atol=1e-10)

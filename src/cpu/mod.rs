@@ -95,7 +95,10 @@ fn grad_scale(problem: &Problem<'_, impl Real>, n: usize) -> f64 {
 /// Below this much work (lattice cells, plus a quarter of the dense `(T, N, C)` elements) a
 /// batch runs on the calling thread: handing it to the pool costs more than it saves, and
 /// leaves the caller's core idle.
-const SERIAL_WORK: usize = 100_000;
+const SERIAL_WORK: usize = 20_000;
+/// Below this much work the calling thread takes half of the jobs and one pool thread the
+/// other half; above, the whole pool shares them.
+const SPLIT_WORK: usize = 400_000;
 
 fn total_work<F>(problem: &Problem<'_, F>, dense: bool) -> usize {
     let (t_max, batch, classes) = problem.dims();
@@ -108,11 +111,22 @@ fn total_work<F>(problem: &Problem<'_, F>, dense: bool) -> usize {
         }
 }
 
-/// Runs `work` on every job: on the pool, largest first as given, or on the calling thread
-/// when the batch is small.
+/// Runs `work` on every job (given largest first): on the calling thread when the batch is
+/// small, shared with one pool thread when it is medium, else on the whole pool.
 fn for_each_job<T: Send>(jobs: Vec<T>, work_size: usize, work: impl Fn(T) + Sync + Send) {
-    if work_size < SERIAL_WORK || threads::num_threads() == 1 {
+    if work_size < SERIAL_WORK || threads::num_threads() == 1 || jobs.len() < 2 {
         jobs.into_iter().for_each(work);
+    } else if work_size < SPLIT_WORK {
+        // Alternate jobs between the two halves: sizes go down, so the halves balance.
+        let (mut helped, mut own) = (Vec::new(), Vec::new());
+        for (i, job) in jobs.into_iter().enumerate() {
+            if i % 2 == 0 { &mut own } else { &mut helped }.push(job);
+        }
+        let work = &work;
+        threads::with_one_helper(
+            move || helped.into_iter().for_each(work),
+            move || own.into_iter().for_each(work),
+        );
     } else {
         threads::install(|| jobs.into_par_iter().with_max_len(1).for_each(work));
     }
