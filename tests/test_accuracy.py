@@ -145,7 +145,9 @@ def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_c
         min_input_length=num_frames // 2,
         full_targets=True,
     )
-    cells = sum(t * (2 * s + 1) for t, s in zip(case.input_lengths, case.target_lengths))
+    cells = sum(
+        t * (2 * s + 1) for t, s in zip(case.input_lengths, case.target_lengths, strict=True)
+    )
     # The thresholds of src/cpu/mod.rs (SERIAL_WORK, SPLIT_WORK).
     assert min_cells <= cells < max_cells
     fastctc.set_num_threads(2)
