@@ -212,13 +212,10 @@ const AHEAD: usize = 1;
 const LINE: usize = 64;
 
 /// The byte offsets (multiples of a cache line) of the lines holding the blank and the
-/// labels in a row of the input, each once; empty when the rows are not contiguous or too
-/// narrow for prefetching to matter.
+/// labels in a row of the input, each once; empty when the rows are not contiguous.
 fn fill_prefetch_lines<F>(x: &SampleRef<'_, F>, lines: &mut Vec<usize>) {
     lines.clear();
-    let contiguous = x.log_probs.strides()[1] == 1;
-    let bytes = x.log_probs.ncols() * std::mem::size_of::<F>();
-    if !contiguous || bytes <= 4 * LINE {
+    if x.log_probs.strides()[1] != 1 {
         return;
     }
     let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
