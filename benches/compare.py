@@ -138,9 +138,10 @@ def make_problems(
 
 
 def estimated_memory(shape: tuple[int, int, int, int]) -> int:
-    """Bytes of fastctc's gradient path: the float32 forward table plus the gradient."""
+    """Bytes of fastctc's gradient path at 2 threads: one forward table per thread (a float32
+    mantissa and a float32 exponent per lattice cell) plus the float32 gradient."""
     T, N, C, S = shape
-    return N * T * (2 * S + 1) * 4 + T * N * C * 4
+    return min(N, 2) * T * (2 * S + 1) * 8 + T * N * C * 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,7 +716,9 @@ def markdown(results: Results, command: str, load_before: float, load_after: flo
         "Loss: the largest relative difference of a per-sample loss from torch's. Gradient: "
         "the largest difference of fastctc's `grad_wrt=\"logits\"` gradient from torch's, "
         "relative to torch's largest entry (torch keeps its lattice in float32). est. memory: "
-        "fastctc's forward table, N·T·(2S+1)·4 bytes, plus the gradient, T·N·C·4 bytes.",
+        "at 2 threads, one fastctc forward table per thread, T·(2S+1)·8 bytes (a float32 mantissa "
+        "and exponent per cell; torch keeps alpha and beta tables of N·T·(2S+1)·4 bytes each), "
+        "plus the gradient, T·N·C·4 bytes.",
         "",
     ]
     header = ["shape", "T", "N", "C", "S", "est. memory", "fastctc loss diff", "fastctc grad diff"]
