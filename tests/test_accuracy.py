@@ -156,3 +156,19 @@ def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_c
     loss, grad = fastctc.ctc_loss_and_grad(*args, reduction="none")
     np.testing.assert_allclose(loss, ref.loss, rtol=1e-10)
     np.testing.assert_allclose(grad, ref.grad_log_probs, rtol=0, atol=1e-10)
+
+
+def test_float32_far_beyond_the_float32_lanes_budget():
+    """float32 log-probabilities of millions (summed over frames beyond what int32
+    exponents can hold) run in float64 lanes: the same results as the reference on the same
+    values."""
+    rng = np.random.default_rng(12)
+    case = make_case(rng, 40, 3, 6, 8, min_input_length=30)
+    lp32 = (case.log_probs * 2.5e6).astype(np.float32)
+    ref = case.reference("none", log_probs=lp32.astype(np.float64))
+    assert np.all(np.isfinite(ref.loss)) and ref.loss.max() > 5e7
+    args = (case.padded(0), case.input_lengths, case.target_lengths)
+    loss, grad = fastctc.ctc_loss_and_grad(lp32, *args, reduction="none")
+    np.testing.assert_allclose(loss, ref.loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.grad_log_probs, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fastctc.ctc_loss(lp32, *args, reduction="none"), ref.loss, rtol=1e-6)

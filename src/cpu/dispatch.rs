@@ -75,12 +75,12 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub fn forward_avx2<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
-        lattice::forward(x, ws, false)
+        lattice::forward(x, ws)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub fn forward_avx512<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
-        lattice::forward(x, ws, false)
+        lattice::forward(x, ws)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -113,7 +113,7 @@ pub fn log_likelihood<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         SimdLevel::Avx512 => unsafe { x86::forward_avx512(x, ws) },
-        _ => lattice::forward(x, ws, false),
+        _ => lattice::forward(x, ws),
     }
 }
 

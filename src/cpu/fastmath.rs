@@ -22,6 +22,9 @@ pub trait FastMath: crate::real::Real {
     /// `exp(x)` as an extended-range pair (see `scaled::exp_parts`), with the same precision
     /// policy as `lattice_exp`.
     fn lattice_exp_parts(x: f64) -> (f64, f64);
+    /// Whether the lattice runs in `Narrow` lanes (float32 mantissas) for this input type,
+    /// when the input fits their budget.
+    const NARROW: bool;
     /// `max` that compiles to one instruction (returns `b` when either is NaN).
     #[inline(always)]
     fn fmax(self, b: Self) -> Self {
@@ -43,6 +46,7 @@ pub trait FastMath: crate::real::Real {
 }
 
 impl FastMath for f64 {
+    const NARROW: bool = false;
     #[inline(always)]
     fn fast_exp(self) -> Self {
         exp_f64(self)
@@ -58,6 +62,7 @@ impl FastMath for f64 {
 }
 
 impl FastMath for f32 {
+    const NARROW: bool = true;
     #[inline(always)]
     fn fast_exp(self) -> Self {
         exp_f32(self)
@@ -159,14 +164,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = shifted - ROUND_MAGIC;
     let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let r2 = r * r;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
-    let y = p * r2 + r + 1.0;
+    let y = exp_f32_reduced(r);
     let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     let out = y * scale;
     let out = if x < EXP_LO { 0.0 } else { out };
@@ -176,6 +174,19 @@ pub fn exp_f32(x: f32) -> f32 {
     } else {
         out
     }
+}
+
+/// `exp(r)` in float32 for `|r| <= ln(2)/2` (about one ulp).
+#[inline(always)]
+pub fn exp_f32_reduced(r: f32) -> f32 {
+    let r2 = r * r;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    p * r2 + r + 1.0
 }
 
 #[cfg(test)]

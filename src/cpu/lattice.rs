@@ -13,7 +13,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::fastmath::FastMath;
-use super::scaled::{add2, fmax, ln, normalise, pow2};
+use super::scaled::{add2, ln, Extended, Narrow, Wide};
 use crate::options::GradWrt;
 
 /// Leading (forward) or trailing (backward) zero pads, so `s - 2` and `s + 2` need no checks.
@@ -43,51 +43,64 @@ pub struct GradSpec<F> {
     pub zero_infinity: bool,
 }
 
-/// A row of extended-range values: mantissas and exponents side by side.
-#[derive(Debug, Default)]
-struct Rows {
-    m: Vec<f64>,
-    e: Vec<f64>,
+/// Mantissas and exponents side by side, in one lane type.
+#[derive(Debug)]
+struct Rows<X: Extended> {
+    m: Vec<X::M>,
+    e: Vec<X::E>,
 }
 
-impl Rows {
-    /// `count` rows of `width` zeros (`m = 0, e = -inf`).
-    fn reset(&mut self, len: usize) {
-        reset(&mut self.m, len, 0.0);
-        reset(&mut self.e, len, f64::NEG_INFINITY);
+impl<X: Extended> Default for Rows<X> {
+    fn default() -> Self {
+        Self {
+            m: Vec::new(),
+            e: Vec::new(),
+        }
     }
+}
+
+impl<X: Extended> Rows<X> {
+    /// `len` zeros (`m = 0, e = E_NONE`).
+    fn reset(&mut self, len: usize) {
+        reset(&mut self.m, len, X::M_ZERO);
+        reset(&mut self.e, len, X::E_NONE);
+    }
+}
+
+/// The buffers of the recursion in one lane type (see `scaled::Extended`).
+#[derive(Debug, Default)]
+pub struct Lanes<X: Extended> {
+    /// Forward table exponents, row `t` holds frame `t`'s alphas (width `states`); the
+    /// mantissas are in `Workspace::table_m`.
+    table_e: Vec<X::E>,
+    /// Two running forward rows, width `states + PAD`, state `s` at `PAD + s`.
+    alpha: Rows<X>,
+    /// Two running backward rows, width `states + PAD`, state `s` at `s`.
+    beta: Rows<X>,
+    /// `beta[t+1][s] * emission[t+1][s]`, width `states + PAD`.
+    next_weighted: Rows<X>,
+    /// Emissions of one frame, per extended state.
+    emit: Rows<X>,
+    /// Per state `s`: whether `s` may be entered from `s - 2`, as a factor (1 or 0) and as an
+    /// exponent offset (0 or `E_NONE`), so that a forbidden skip neither adds nor wins the
+    /// maximum; width `states + PAD`.
+    skip: Rows<X>,
+    /// Per-state occupancy of the current frame.
+    occupancy: Vec<X::M>,
 }
 
 /// Scratch memory reused across samples and calls (one per worker thread).
 ///
-/// The recursion runs in float64 whatever the input type. Only the forward table is stored
-/// in the input type (the mantissas; exponents as `i32`): one rounding per entry, no
-/// accumulation.
+/// The recursion runs in `Narrow` lanes (float32 mantissas, int32 exponents) for float32
+/// input within `Narrow`'s budget, else in `Wide` lanes (float64). Only the forward table is
+/// stored: mantissas in the input type, exponents exact.
 #[derive(Debug, Default)]
 pub struct Workspace<F> {
     /// Forward table mantissas, row `t` holds frame `t`'s alphas (width `states`).
     table_m: Vec<F>,
-    /// Forward table exponents, relative to the row's `table_base` (`-inf` for a zero): in
-    /// float32 they are exact up to 2^24 binary orders below the row's largest state.
-    table_e: Vec<f32>,
-    /// Per row of the table, the largest exponent.
-    table_base: Vec<f64>,
-    /// Two running forward rows, width `states + PAD`, state `s` at `PAD + s`.
-    alpha: Rows,
-    /// Two running backward rows, width `states + PAD`, state `s` at `s`.
-    beta: Rows,
-    /// `beta[t+1][s] * emission[t+1][s]`, width `states + PAD`.
-    next_weighted: Rows,
-    /// Emissions of one frame, per extended state.
-    emit: Rows,
     /// The input at the blank and each label, per frame (`L + 1` per row): read once by the
     /// forward pass (one load per label, not per state), reused by the backward pass.
     frames: Vec<F>,
-    /// Per state `s`, as an exponent offset: 0 where `s` may be entered from `s - 2`, else
-    /// `-inf` (the term then counts 0); width `states + PAD`.
-    skip: Vec<f64>,
-    /// Per-state occupancy of the current frame.
-    occupancy: Vec<f64>,
     /// The class of each extended state (the blank or a label), each in `[0, C)`.
     classes: Vec<usize>,
     /// Per frame, what is subtracted from the input to get log-probabilities: 0 for
@@ -99,6 +112,8 @@ pub struct Workspace<F> {
     distinct_classes: Vec<usize>,
     /// Byte offsets of the input row's cache lines the forward pass reads.
     prefetch_lines: Vec<usize>,
+    wide: Lanes<Wide>,
+    narrow: Lanes<Narrow>,
 }
 
 impl<F: FastMath> Workspace<F> {
@@ -125,59 +140,70 @@ fn min_frames(labels: &[u32]) -> usize {
     labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
 }
 
-#[inline(always)]
-fn max_of(values: &[f64]) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [f64::NEG_INFINITY; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.fmax(v);
-        }
-    }
-    let mut m = f64::NEG_INFINITY;
-    for &v in acc.iter().chain(rest) {
-        m = m.fmax(v);
-    }
-    m
-}
+/// Accumulators of the vectorised sums (16 float32 or 8 float64 lanes per AVX-512 vector).
+const SUM_LANES: usize = 16;
 
+/// The sum of `values`, in `SUM_LANES` interleaved partial sums (so that it vectorises).
 #[inline(always)]
-fn sum_of(values: &[f64]) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
+fn sum_of<T: Copy + Default + std::ops::Add<Output = T>>(values: &[T]) -> T {
+    let mut acc = [T::default(); SUM_LANES];
+    let chunks = values.chunks_exact(SUM_LANES);
     let rest = chunks.remainder();
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v;
+            *a = *a + v;
         }
     }
-    let mut total = 0.0;
+    let mut total = T::default();
     for &v in acc.iter().chain(rest) {
-        total += v;
+        total = total + v;
     }
     total
 }
 
 /// The sum of `values[0]`, `values[2]`, `values[4]`, ...
 #[inline(always)]
-fn sum_of_even(values: &[f64]) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f64; LANES];
-    let chunks = values.chunks_exact(2 * LANES);
+fn sum_of_even<T: Copy + Default + std::ops::Add<Output = T>>(values: &[T]) -> T {
+    let mut acc = [T::default(); SUM_LANES];
+    let chunks = values.chunks_exact(2 * SUM_LANES);
     let rest = chunks.remainder();
     for chunk in chunks {
         for (a, pair) in acc.iter_mut().zip(chunk.chunks_exact(2)) {
-            *a += pair[0];
+            *a = *a + pair[0];
         }
     }
-    let mut total = 0.0;
+    let mut total = T::default();
     for &v in acc.iter().chain(rest.iter().step_by(2)) {
-        total += v;
+        total = total + v;
     }
     total
+}
+
+/// The largest `|value - norm|` of a frame read by `read_frame`, over its finite values: how
+/// much of `Extended::INPUT_BUDGET` the frame uses.
+#[inline(always)]
+fn frame_span<F: FastMath>(frame: &[F], norm: f64) -> f64 {
+    let mut acc = [0.0f64; SUM_LANES];
+    let chunks = frame.chunks_exact(SUM_LANES);
+    let rest = chunks.remainder();
+    let distance = |v: F| {
+        let x = (v.to_f64() - norm).abs();
+        // -inf (an exact zero) uses no budget; NaN was rejected by `read_frame`.
+        if x < f64::INFINITY {
+            x
+        } else {
+            0.0
+        }
+    };
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.fmax(distance(v));
+        }
+    }
+    acc.iter()
+        .copied()
+        .chain(rest.iter().map(|&v| distance(v)))
+        .fold(0.0, f64::fmax)
 }
 
 /// Reads frame `t`'s input for the blank and each label into `out` (`[blank, label_0, ...]`),
@@ -255,18 +281,24 @@ fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize, lines: &[usize]) {
 /// Expands a frame read by `read_frame` to the emission probabilities of states `lo..=hi`
 /// (and perhaps a few more), shifted by `norm`.
 #[inline(always)]
-fn expand<F: FastMath>(frame: &[F], lo: usize, hi: usize, norm: f64, emit: &mut Rows) {
+fn expand<F: FastMath, X: Extended>(
+    frame: &[F],
+    lo: usize,
+    hi: usize,
+    norm: f64,
+    emit: &mut Rows<X>,
+) {
     // Whole (blank, label) pairs covering lo..=hi: a branch-free loop that vectorises.
     // Pair j is states (2j, 2j+1): the blank and label j (frame[j + 1]).
     let labels = frame.len() - 1;
     let first = lo / 2;
     let end = (hi / 2 + 1).min(labels);
-    let (blank_m, blank_e) = F::lattice_exp_parts(frame[0].to_f64() - norm);
+    let (blank_m, blank_e) = X::emission::<F>(frame[0].to_f64() - norm);
     if first < end {
         let pairs_m = emit.m[2 * first..2 * end].chunks_exact_mut(2);
         let pairs_e = emit.e[2 * first..2 * end].chunks_exact_mut(2);
         for ((pm, pe), &label) in pairs_m.zip(pairs_e).zip(&frame[first + 1..end + 1]) {
-            let (m, e) = F::lattice_exp_parts(label.to_f64() - norm);
+            let (m, e) = X::emission::<F>(label.to_f64() - norm);
             pm[0] = blank_m;
             pm[1] = m;
             pe[0] = blank_e;
@@ -325,12 +357,13 @@ fn fill_classes(labels: &[u32], blank: usize, classes: &mut Vec<usize>) {
 }
 
 /// Prepares the skip mask of a target.
-fn fill_skip(labels: &[u32], skip: &mut Vec<f64>) {
+fn fill_skip<X: Extended>(labels: &[u32], skip: &mut Rows<X>) {
     let states = 2 * labels.len() + 1;
-    reset(skip, states + PAD, f64::NEG_INFINITY);
+    skip.reset(states + PAD);
     for j in 1..labels.len() {
         if labels[j] != labels[j - 1] {
-            skip[2 * j + 1] = 0.0;
+            skip.m[2 * j + 1] = X::M_ONE;
+            skip.e[2 * j + 1] = X::E_ZERO;
         }
     }
 }
@@ -350,119 +383,139 @@ fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T],
 /// Frames between two normalisations of the running rows. In between, a mantissa grows by
 /// at most 4.3x per frame (a sum of three, times an emission mantissa below 1.42) and
 /// shrinks by at most 0.7x (the sum's largest term counts fully): after 8 frames it lies in
-/// `[0.05, 2e5]`, so a term cut below `2^-1022` of the largest stays below rounding.
+/// `[0.05, 2e5]`, so a term cut below the lane type's range stays below rounding.
 const NORMALISE_EVERY: usize = 8;
 
-/// `a + b + c` in extended range, with `c`'s exponent offset by the skip mask (`-inf`: the
-/// term counts 0).
+/// `a + b + skip * c` in extended range; `skip` is the state's skip mask (factor, exponent
+/// offset): a forbidden skip neither adds nor wins the maximum.
 #[inline(always)]
-fn sum3(a: (f64, f64), b: (f64, f64), c: (f64, f64), skip: f64) -> (f64, f64) {
-    let c_e = c.1 + skip;
-    let e = fmax(fmax(a.1, b.1), c_e);
-    let m = a.0 * pow2(a.1 - e) + b.0 * pow2(b.1 - e) + c.0 * pow2(c_e - e);
+fn sum3<X: Extended>(
+    a: (X::M, X::E),
+    b: (X::M, X::E),
+    c: (X::M, X::E),
+    skip: (X::M, X::E),
+) -> (X::M, X::E) {
+    let c_e = X::e_add(c.1, skip.1);
+    let e = X::e_max(X::e_max(a.1, b.1), c_e);
+    let m = a.0 * X::pow2(X::e_sub(a.1, e))
+        + b.0 * X::pow2(X::e_sub(b.1, e))
+        + c.0 * skip.0 * X::pow2(X::e_sub(c_e, e));
     (m, e)
 }
+
+/// `m * 2^e` times an emission `(em, ee)`, the exponent of a zero kept at or above `E_NONE`
+/// (so that repeated zero emissions cannot wrap an integer exponent).
+#[inline(always)]
+fn times<X: Extended>(m: X::M, e: X::E, em: X::M, ee: X::E) -> (X::M, X::E) {
+    (m * em, X::e_max(X::e_add(e, ee), X::E_NONE))
+}
+
+/// Row slices of one lane type: mantissas and exponents.
+type Slices<'a, X> = (&'a [<X as Extended>::M], &'a [<X as Extended>::E]);
 
 /// One step of the recursion over `out.len()` states: `out[i] = (a[i] + b[i] + skip[i] *
 /// c[i]) * emit[i]` in extended range (no factor without `emit`). `a`, `b`, `c` are the three
 /// predecessors (forward) or weighted successors (backward) of state `i`. With `renorm`,
 /// mantissas come out in `[1, 2)`.
 #[inline(always)]
-fn combine3(
-    [a, b, c]: [(&[f64], &[f64]); 3],
-    skip: &[f64],
-    emit: Option<(&[f64], &[f64])>,
+fn combine3<X: Extended>(
+    [a, b, c]: [Slices<'_, X>; 3],
+    skip: Slices<'_, X>,
+    emit: Option<Slices<'_, X>>,
     renorm: bool,
-    out_m: &mut [f64],
-    out_e: &mut [f64],
+    out_m: &mut [X::M],
+    out_e: &mut [X::E],
 ) {
     let n = out_m.len();
     let (a_m, a_e, b_m, b_e) = (&a.0[..n], &a.1[..n], &b.0[..n], &b.1[..n]);
-    let (c_m, c_e, skip) = (&c.0[..n], &c.1[..n], &skip[..n]);
+    let (c_m, c_e, skip_m, skip_e) = (&c.0[..n], &c.1[..n], &skip.0[..n], &skip.1[..n]);
     let out_e = &mut out_e[..n];
-    // Four loops without branches inside, so each vectorises.
+    // Four loops without branches inside, so that each vectorises.
+    macro_rules! term {
+        ($i:expr) => {
+            sum3::<X>(
+                (a_m[$i], a_e[$i]),
+                (b_m[$i], b_e[$i]),
+                (c_m[$i], c_e[$i]),
+                (skip_m[$i], skip_e[$i]),
+            )
+        };
+    }
     match (emit, renorm) {
         (Some((emit_m, emit_e)), false) => {
             let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
             for i in 0..n {
-                let (m, e) = sum3(
-                    (a_m[i], a_e[i]),
-                    (b_m[i], b_e[i]),
-                    (c_m[i], c_e[i]),
-                    skip[i],
-                );
-                out_m[i] = m * emit_m[i];
-                out_e[i] = e + emit_e[i];
+                let (m, e) = term!(i);
+                (out_m[i], out_e[i]) = times::<X>(m, e, emit_m[i], emit_e[i]);
             }
         }
         (Some((emit_m, emit_e)), true) => {
             let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
             for i in 0..n {
-                let (m, e) = sum3(
-                    (a_m[i], a_e[i]),
-                    (b_m[i], b_e[i]),
-                    (c_m[i], c_e[i]),
-                    skip[i],
-                );
-                (out_m[i], out_e[i]) = normalise(m * emit_m[i], e + emit_e[i]);
+                let (m, e) = term!(i);
+                let (m, e) = times::<X>(m, e, emit_m[i], emit_e[i]);
+                (out_m[i], out_e[i]) = X::normalise(m, e);
             }
         }
         (None, false) => {
             for i in 0..n {
-                (out_m[i], out_e[i]) = sum3(
-                    (a_m[i], a_e[i]),
-                    (b_m[i], b_e[i]),
-                    (c_m[i], c_e[i]),
-                    skip[i],
-                );
+                (out_m[i], out_e[i]) = term!(i);
             }
         }
         (None, true) => {
             for i in 0..n {
-                let (m, e) = sum3(
-                    (a_m[i], a_e[i]),
-                    (b_m[i], b_e[i]),
-                    (c_m[i], c_e[i]),
-                    skip[i],
-                );
-                (out_m[i], out_e[i]) = normalise(m, e);
+                let (m, e) = term!(i);
+                (out_m[i], out_e[i]) = X::normalise(m, e);
             }
         }
     }
 }
 
-/// Runs the forward recursion and returns the log-likelihood (`-inf` when no alignment
-/// exists, NaN when a NaN or `+inf` was read). With `keep_table`, the workspace keeps every
-/// row of alphas.
+/// What a lattice pass ran into.
+enum Outcome {
+    /// The log-likelihood (`-inf` when no alignment exists, NaN when a NaN or `+inf` was
+    /// read).
+    Done(f64),
+    /// The input left the lane type's exponent budget: run the sample in `Wide` lanes.
+    TooWide,
+}
+
+/// Runs the forward recursion in lanes `X`. With `keep_table`, the workspace keeps every row
+/// of alphas.
 #[inline(always)]
-pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_table: bool) -> f64 {
+fn forward_in<F: FastMath, X: Extended>(
+    x: &SampleRef<'_, F>,
+    ws: &mut Workspace<F>,
+    lanes: &mut Lanes<X>,
+    keep_table: bool,
+) -> Outcome {
     let t_len = x.input_len;
     let labels = x.labels;
     if t_len == 0 {
-        return if labels.is_empty() {
+        return Outcome::Done(if labels.is_empty() {
             0.0
         } else {
             f64::NEG_INFINITY
-        };
+        });
     }
     if t_len < min_frames(labels) {
-        return f64::NEG_INFINITY;
+        return Outcome::Done(f64::NEG_INFINITY);
     }
     let states = 2 * labels.len() + 1;
     let width = states + PAD;
-    ws.alpha.reset(2 * width);
-    ws.emit.reset(states);
+    lanes.alpha.reset(2 * width);
+    lanes.emit.reset(states);
     if keep_table {
         reset(&mut ws.table_m, t_len * states, F::ZERO);
-        reset(&mut ws.table_e, t_len * states, f32::NEG_INFINITY);
-        reset(&mut ws.table_base, t_len, 0.0);
+        reset(&mut lanes.table_e, t_len * states, X::E_NONE);
     }
     let frame_rows = if keep_table { t_len } else { 1 };
     reset(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
-    fill_skip(labels, &mut ws.skip);
+    fill_skip(labels, &mut lanes.skip);
     fill_classes(labels, x.blank, &mut ws.classes);
     fill_log_norm(x, &mut ws.log_norm);
     fill_prefetch_lines(x, &mut ws.prefetch_lines);
+    let mut budget_used = 0.0f64;
 
     for t in 0..t_len {
         let (lo, hi) = band(t, t_len, states);
@@ -475,31 +528,42 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
             // A NaN or +inf read after every path has died does not count (the GPU stops
             // at the first dead frame): the loss is then +inf.
             let prev = (t + 1) % 2 * width;
-            let dead = t > 0 && max_of(&ws.alpha.e[prev..prev + width]) == f64::NEG_INFINITY;
-            return if dead { f64::NEG_INFINITY } else { f64::NAN };
+            let dead = t > 0
+                && lanes.alpha.m[prev..prev + width]
+                    .iter()
+                    .all(|&m| X::m_to_f64(m) == 0.0);
+            return Outcome::Done(if dead { f64::NEG_INFINITY } else { f64::NAN });
         }
-        expand(frame, lo, hi, ws.log_norm[t], &mut ws.emit);
-        let (cur_m, prev_m) = two_rows(&mut ws.alpha.m, t % 2, (t + 1) % 2, width);
-        let (cur_e, prev_e) = two_rows(&mut ws.alpha.e, t % 2, (t + 1) % 2, width);
+        if X::INPUT_BUDGET.is_finite() {
+            // Two per frame for the sums of three.
+            budget_used += frame_span(frame, ws.log_norm[t]) * std::f64::consts::LOG2_E + 2.0;
+            if budget_used >= X::INPUT_BUDGET {
+                return Outcome::TooWide;
+            }
+        }
+        expand::<F, X>(frame, lo, hi, ws.log_norm[t], &mut lanes.emit);
+        let (cur_m, prev_m) = two_rows(&mut lanes.alpha.m, t % 2, (t + 1) % 2, width);
+        let (cur_e, prev_e) = two_rows(&mut lanes.alpha.e, t % 2, (t + 1) % 2, width);
         // The row is reused: clear what this frame does not write.
-        cur_m[..PAD + lo].fill(0.0);
-        cur_m[PAD + hi + 1..].fill(0.0);
-        cur_e[..PAD + lo].fill(f64::NEG_INFINITY);
-        cur_e[PAD + hi + 1..].fill(f64::NEG_INFINITY);
+        cur_m[..PAD + lo].fill(X::M_ZERO);
+        cur_m[PAD + hi + 1..].fill(X::M_ZERO);
+        cur_e[..PAD + lo].fill(X::E_NONE);
+        cur_e[PAD + hi + 1..].fill(X::E_NONE);
         let n = hi + 1 - lo;
-        let emit = (&ws.emit.m[lo..lo + n], &ws.emit.e[lo..lo + n]);
+        let emit = (&lanes.emit.m[lo..lo + n], &lanes.emit.e[lo..lo + n]);
         let out_m = &mut cur_m[PAD + lo..PAD + lo + n];
         let out_e = &mut cur_e[PAD + lo..PAD + lo + n];
         if t == 0 {
             for i in 0..n {
-                (out_m[i], out_e[i]) = normalise(emit.0[i], emit.1[i]);
+                (out_m[i], out_e[i]) = X::normalise(emit.0[i], emit.1[i]);
             }
         } else {
             let at = |k: usize| (&prev_m[PAD + lo - k..], &prev_e[PAD + lo - k..]);
+            let skip = (&lanes.skip.m[lo..], &lanes.skip.e[lo..]);
             let renorm = t % NORMALISE_EVERY == 0;
-            combine3(
+            combine3::<X>(
                 [at(0), at(1), at(2)],
-                &ws.skip[lo..],
+                skip,
                 Some(emit),
                 renorm,
                 out_m,
@@ -509,28 +573,45 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>, keep_ta
         if keep_table {
             let row = t * states + lo..t * states + lo + n;
             for (slot, &m) in ws.table_m[row.clone()].iter_mut().zip(out_m.iter()) {
-                *slot = F::from_f64(m);
+                *slot = F::from_f64(X::m_to_f64(m));
             }
-            let base = max_of(out_e);
-            let base = if base == f64::NEG_INFINITY { 0.0 } else { base };
-            ws.table_base[t] = base;
-            for (slot, &e) in ws.table_e[row].iter_mut().zip(out_e.iter()) {
-                *slot = (e - base) as f32;
-            }
+            lanes.table_e[row].copy_from_slice(out_e);
         }
     }
 
     let last = (t_len - 1) % 2 * width + PAD;
     let (m, e) = (
-        &ws.alpha.m[last..last + states],
-        &ws.alpha.e[last..last + states],
+        &lanes.alpha.m[last..last + states],
+        &lanes.alpha.e[last..last + states],
     );
+    let wide = |s: usize| (X::m_to_f64(m[s]), X::e_to_f64(e[s]));
     let (end_m, end_e) = if states > 1 {
-        add2(m[states - 1], e[states - 1], m[states - 2], e[states - 2])
+        let ((m1, e1), (m2, e2)) = (wide(states - 1), wide(states - 2));
+        add2(m1, e1, m2, e2)
     } else {
-        (m[0], e[0])
+        wide(0)
     };
-    ln(end_m, end_e)
+    Outcome::Done(ln(end_m, end_e))
+}
+
+/// The log-likelihood of one sample (two rows of memory per lane type).
+#[inline(always)]
+pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
+    if F::NARROW {
+        let mut lanes = std::mem::take(&mut ws.narrow);
+        let outcome = forward_in(x, ws, &mut lanes, false);
+        ws.narrow = lanes;
+        if let Outcome::Done(log_lik) = outcome {
+            return log_lik;
+        }
+    }
+    let mut lanes = std::mem::take(&mut ws.wide);
+    let outcome = forward_in(x, ws, &mut lanes, false);
+    ws.wide = lanes;
+    match outcome {
+        Outcome::Done(log_lik) => log_lik,
+        Outcome::TooWide => unreachable!("Wide lanes have no input budget"),
+    }
 }
 
 /// The log-likelihood, and the gradient rows `0..input_len` of `grad` (`(T, C)`, rows
@@ -542,7 +623,36 @@ pub fn forward_backward<F: FastMath>(
     mut grad: ArrayViewMut2<'_, F>,
     spec: GradSpec<F>,
 ) -> f64 {
-    let log_lik = forward(x, ws, true);
+    if F::NARROW {
+        let mut lanes = std::mem::take(&mut ws.narrow);
+        let outcome = forward_backward_in(x, ws, &mut lanes, grad.view_mut(), spec);
+        ws.narrow = lanes;
+        if let Outcome::Done(log_lik) = outcome {
+            return log_lik;
+        }
+    }
+    let mut lanes = std::mem::take(&mut ws.wide);
+    let outcome = forward_backward_in(x, ws, &mut lanes, grad, spec);
+    ws.wide = lanes;
+    match outcome {
+        Outcome::Done(log_lik) => log_lik,
+        Outcome::TooWide => unreachable!("Wide lanes have no input budget"),
+    }
+}
+
+/// `forward_backward` in lanes `X`; the gradient is untouched when the outcome is `TooWide`.
+#[inline(always)]
+fn forward_backward_in<F: FastMath, X: Extended>(
+    x: &SampleRef<'_, F>,
+    ws: &mut Workspace<F>,
+    lanes: &mut Lanes<X>,
+    mut grad: ArrayViewMut2<'_, F>,
+    spec: GradSpec<F>,
+) -> Outcome {
+    let log_lik = match forward_in(x, ws, lanes, true) {
+        Outcome::Done(log_lik) => log_lik,
+        Outcome::TooWide => return Outcome::TooWide,
+    };
     let t_len = x.input_len;
     if !log_lik.is_finite() {
         let fill = if log_lik == f64::NEG_INFINITY && spec.zero_infinity {
@@ -553,18 +663,18 @@ pub fn forward_backward<F: FastMath>(
         for t in 0..t_len {
             grad.row_mut(t).fill(fill);
         }
-        return log_lik;
+        return Outcome::Done(log_lik);
     }
     if t_len == 0 {
-        return log_lik;
+        return Outcome::Done(log_lik);
     }
 
     let labels = x.labels;
     let states = 2 * labels.len() + 1;
     let width = states + PAD;
-    ws.beta.reset(2 * width);
-    ws.next_weighted.reset(width);
-    reset(&mut ws.occupancy, states, 0.0);
+    lanes.beta.reset(2 * width);
+    lanes.next_weighted.reset(width);
+    reset(&mut lanes.occupancy, states, X::M_ZERO);
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
     ws.distinct_classes.clear();
     ws.distinct_classes.push(x.blank);
@@ -573,59 +683,60 @@ pub fn forward_backward<F: FastMath>(
     ws.distinct_classes.sort_unstable();
     ws.distinct_classes.dedup();
     let scale = spec.scale.to_f64();
-    let lik_exponent = (log_lik * std::f64::consts::LOG2_E).round();
+    // alpha * beta is at most the likelihood: shifted by its exponent, every product is at
+    // most a few orders above 1 (mantissas between normalisations); those below the lane
+    // type's range are cut to 0.
+    let shift = X::e_from_f64(-(log_lik * std::f64::consts::LOG2_E).round());
 
     for t in (0..t_len).rev() {
         let (lo, hi) = band(t, t_len, states);
         let n = hi + 1 - lo;
-        let (cur_m, next_m) = two_rows(&mut ws.beta.m, t % 2, (t + 1) % 2, width);
-        let (cur_e, next_e) = two_rows(&mut ws.beta.e, t % 2, (t + 1) % 2, width);
-        cur_m.fill(0.0);
-        cur_e.fill(f64::NEG_INFINITY);
+        let (cur_m, next_m) = two_rows(&mut lanes.beta.m, t % 2, (t + 1) % 2, width);
+        let (cur_e, next_e) = two_rows(&mut lanes.beta.e, t % 2, (t + 1) % 2, width);
+        cur_m.fill(X::M_ZERO);
+        cur_e.fill(X::E_NONE);
         if t + 1 == t_len {
-            cur_m[states - 1] = 1.0;
-            cur_e[states - 1] = 0.0;
+            cur_m[states - 1] = X::M_ONE;
+            cur_e[states - 1] = X::E_ZERO;
             if states > 1 {
-                cur_m[states - 2] = 1.0;
-                cur_e[states - 2] = 0.0;
+                cur_m[states - 2] = X::M_ONE;
+                cur_e[states - 2] = X::E_ZERO;
             }
         } else {
-            // ws.emit holds frame t+1's emissions on band(t+1): every state this frame
+            // lanes.emit holds frame t+1's emissions on band(t+1): every state this frame
             // reads with a non-zero beta.
             let top = (hi + PAD).min(states - 1);
-            let w = &mut ws.next_weighted;
+            let w = &mut lanes.next_weighted;
             let k = top + 1 - lo;
             let (w_m, w_e) = (&mut w.m[lo..lo + k], &mut w.e[lo..lo + k]);
             let (n_m, n_e) = (&next_m[lo..lo + k], &next_e[lo..lo + k]);
-            let (y_m, y_e) = (&ws.emit.m[lo..lo + k], &ws.emit.e[lo..lo + k]);
+            let (y_m, y_e) = (&lanes.emit.m[lo..lo + k], &lanes.emit.e[lo..lo + k]);
             for i in 0..k {
-                w_m[i] = n_m[i] * y_m[i];
-                w_e[i] = n_e[i] + y_e[i];
+                (w_m[i], w_e[i]) = times::<X>(n_m[i], n_e[i], y_m[i], y_e[i]);
             }
             // Entries above `top` are stale or padding; `top` already reaches hi + 2.
-            w.m[top + 1..].fill(0.0);
-            w.e[top + 1..].fill(f64::NEG_INFINITY);
+            w.m[top + 1..].fill(X::M_ZERO);
+            w.e[top + 1..].fill(X::E_NONE);
             let at = |k: usize| (&w.m[lo + k..], &w.e[lo + k..]);
-            let skip = &ws.skip[lo + 2..];
+            let skip = (&lanes.skip.m[lo + 2..], &lanes.skip.e[lo + 2..]);
             let renorm = t % NORMALISE_EVERY == 0;
             let (out_m, out_e) = (&mut cur_m[lo..lo + n], &mut cur_e[lo..lo + n]);
-            combine3([at(0), at(1), at(2)], skip, None, renorm, out_m, out_e);
+            combine3::<X>([at(0), at(1), at(2)], skip, None, renorm, out_m, out_e);
         }
 
         // Occupancy of frame t: alpha * beta over the band, normalised.
         let alpha_m = &ws.table_m[t * states + lo..t * states + lo + n];
-        let alpha_e = &ws.table_e[t * states + lo..t * states + lo + n];
-        // alpha * beta is at most the likelihood: shifted by its exponent, every term is at
-        // most a few orders above 1 (mantissas between normalisations), and those below
-        // 2^-1023 of it are cut to 0.
-        let shift = ws.table_base[t] - lik_exponent;
-        let occ = &mut ws.occupancy[lo..lo + n];
+        let alpha_e = &lanes.table_e[t * states + lo..t * states + lo + n];
+        let occ = &mut lanes.occupancy[lo..lo + n];
         let (b_m, b_e) = (&cur_m[lo..lo + n], &cur_e[lo..lo + n]);
         for i in 0..n {
-            let e = (alpha_e[i] as f64 + shift) + b_e[i];
-            occ[i] = alpha_m[i].to_f64() * b_m[i] * pow2(e);
+            // Zeros' exponents raised to E_NONE, so that the sum cannot wrap.
+            let e_a = X::e_max(alpha_e[i], X::E_NONE);
+            let e_b = X::e_max(b_e[i], X::E_NONE);
+            let e = X::e_add(X::e_add(e_a, e_b), shift);
+            occ[i] = X::m_from_f64(alpha_m[i].to_f64()) * b_m[i] * X::pow2(e);
         }
-        let total = sum_of(occ);
+        let total = X::m_to_f64(sum_of(occ));
 
         let mut row = grad.row_mut(t);
         if spec.wrt == GradWrt::Logits {
@@ -654,9 +765,9 @@ pub fn forward_backward<F: FastMath>(
         // would chain every second addition through memory).
         let acc = &mut ws.class_total;
         let first_label = 1 - lo % 2;
-        acc[x.blank] = sum_of_even(&occ[lo % 2..]);
+        acc[x.blank] = X::m_to_f64(sum_of_even(&occ[lo % 2..]));
         for i in (first_label..n).step_by(2) {
-            acc[ws.classes[lo + i]] += occ[i];
+            acc[ws.classes[lo + i]] += X::m_to_f64(occ[i]);
         }
         let inv_total = 1.0 / total;
         for &class in &ws.distinct_classes {
@@ -677,16 +788,16 @@ pub fn forward_backward<F: FastMath>(
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
         if t > 0 {
             let width = labels.len() + 1;
-            expand(
+            expand::<F, X>(
                 &ws.frames[t * width..(t + 1) * width],
                 lo,
                 hi,
                 ws.log_norm[t],
-                &mut ws.emit,
+                &mut lanes.emit,
             );
         }
     }
-    log_lik
+    Outcome::Done(log_lik)
 }
 
 #[cfg(test)]
@@ -702,7 +813,7 @@ mod tests {
             blank: 0,
             logits: false,
         };
-        forward(&x, &mut Workspace::new(), false)
+        forward(&x, &mut Workspace::new())
     }
 
     #[test]

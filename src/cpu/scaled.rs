@@ -105,6 +105,205 @@ pub fn ln(m: f64, e: f64) -> f64 {
     }
 }
 
+/// The two lane types the lattice runs in: mantissa and exponent types with the operations
+/// the recursion needs. The lattice code is written once, generic over this trait.
+pub trait Extended: 'static {
+    /// Mantissa.
+    type M: Copy
+        + Default
+        + PartialOrd
+        + std::ops::Add<Output = Self::M>
+        + std::ops::Mul<Output = Self::M>
+        + std::fmt::Debug
+        + Send
+        + Sync;
+    /// Exponent (an integer, possibly held in a float).
+    type E: Copy + Default + PartialOrd + std::fmt::Debug + Send + Sync;
+    const M_ZERO: Self::M;
+    const M_ONE: Self::M;
+    const E_ZERO: Self::E;
+    /// The exponent of a zero value: below every real exponent.
+    const E_NONE: Self::E;
+    /// How far the input may stray from 0, summed over frames (per frame, the largest
+    /// `|log-prob|` among the classes read, times log2(e), plus 2): the exponents must hold
+    /// every partial path.
+    const INPUT_BUDGET: f64;
+    fn e_add(a: Self::E, b: Self::E) -> Self::E;
+    fn e_sub(a: Self::E, b: Self::E) -> Self::E;
+    fn e_max(a: Self::E, b: Self::E) -> Self::E;
+    /// `2^d` (0 at or below the cut, which is below the mantissa's rounding).
+    fn pow2(d: Self::E) -> Self::M;
+    /// Mantissa back to `[1, 2)`; a zero gets `E_NONE`.
+    fn normalise(v: Self::M, e: Self::E) -> (Self::M, Self::E);
+    fn m_to_f64(m: Self::M) -> f64;
+    fn m_from_f64(m: f64) -> Self::M;
+    /// `-inf` for a zero's exponent.
+    fn e_to_f64(e: Self::E) -> f64;
+    /// From an integer-valued float64 (`-inf` gives `E_NONE`).
+    fn e_from_f64(e: f64) -> Self::E;
+    /// `exp(x)` (`x` a log-probability: finite within the budget, or `-inf`) as a pair, with
+    /// the precision policy of the input type `F`.
+    fn emission<F: super::fastmath::FastMath>(x: f64) -> (Self::M, Self::E);
+}
+
+/// Float64 mantissas and exponents: any input, float64 precision.
+#[derive(Debug, Default)]
+pub struct Wide;
+
+impl Extended for Wide {
+    type M = f64;
+    type E = f64;
+    const M_ZERO: f64 = 0.0;
+    const M_ONE: f64 = 1.0;
+    const E_ZERO: f64 = 0.0;
+    const E_NONE: f64 = f64::NEG_INFINITY;
+    const INPUT_BUDGET: f64 = f64::INFINITY;
+    #[inline(always)]
+    fn e_add(a: f64, b: f64) -> f64 {
+        a + b
+    }
+    #[inline(always)]
+    fn e_sub(a: f64, b: f64) -> f64 {
+        a - b
+    }
+    #[inline(always)]
+    fn e_max(a: f64, b: f64) -> f64 {
+        fmax(a, b)
+    }
+    #[inline(always)]
+    fn pow2(d: f64) -> f64 {
+        pow2(d)
+    }
+    #[inline(always)]
+    fn normalise(v: f64, e: f64) -> (f64, f64) {
+        normalise(v, e)
+    }
+    #[inline(always)]
+    fn m_to_f64(m: f64) -> f64 {
+        m
+    }
+    #[inline(always)]
+    fn m_from_f64(m: f64) -> f64 {
+        m
+    }
+    #[inline(always)]
+    fn e_to_f64(e: f64) -> f64 {
+        e
+    }
+    #[inline(always)]
+    fn e_from_f64(e: f64) -> f64 {
+        e
+    }
+    #[inline(always)]
+    fn emission<F: super::fastmath::FastMath>(x: f64) -> (f64, f64) {
+        F::lattice_exp_parts(x)
+    }
+}
+
+/// Float32 mantissas and int32 exponents: twice the lanes per vector. For float32 input
+/// whose log-probabilities stay within `INPUT_BUDGET` (anything a model produces); other
+/// samples run in `Wide`.
+#[derive(Debug, Default)]
+pub struct Narrow;
+
+/// The exponent of a zero in `Narrow`: far below any real exponent (which the budget keeps
+/// within +-2^26), and far from overflowing when real exponents are added to it.
+const NARROW_NONE: i32 = -(1 << 29);
+
+impl Extended for Narrow {
+    type M = f32;
+    type E = i32;
+    const M_ZERO: f32 = 0.0;
+    const M_ONE: f32 = 1.0;
+    const E_ZERO: i32 = 0;
+    const E_NONE: i32 = NARROW_NONE;
+    // Real exponents then stay within +-2^26; sums of two, plus the likelihood's shift, within
+    // +-2^28; a zero's exponent plus any of these never wraps.
+    const INPUT_BUDGET: f64 = (1u64 << 26) as f64;
+    #[inline(always)]
+    fn e_add(a: i32, b: i32) -> i32 {
+        a.wrapping_add(b)
+    }
+    #[inline(always)]
+    fn e_sub(a: i32, b: i32) -> i32 {
+        a.wrapping_sub(b)
+    }
+    #[inline(always)]
+    fn e_max(a: i32, b: i32) -> i32 {
+        a.max(b)
+    }
+    #[inline(always)]
+    fn pow2(d: i32) -> f32 {
+        // 2^-127 and below is 0 (an exponent field of 0 with no mantissa bits).
+        let d = d.clamp(-127, 127);
+        f32::from_bits(((d + 127) as u32) << 23)
+    }
+    #[inline(always)]
+    fn normalise(v: f32, e: i32) -> (f32, i32) {
+        // v >= 0 and far below 2^127: the exponent field is 0..=253.
+        let field = (v.to_bits() >> 23) as i32;
+        let m = v * f32::from_bits(((254 - field) as u32) << 23);
+        let e = if v == 0.0 {
+            NARROW_NONE
+        } else {
+            e.wrapping_add(field - 127)
+        };
+        (m, e)
+    }
+    #[inline(always)]
+    fn m_to_f64(m: f32) -> f64 {
+        m as f64
+    }
+    #[inline(always)]
+    fn m_from_f64(m: f64) -> f32 {
+        m as f32
+    }
+    #[inline(always)]
+    fn e_to_f64(e: i32) -> f64 {
+        if e <= NARROW_NONE / 2 {
+            f64::NEG_INFINITY
+        } else {
+            e as f64
+        }
+    }
+    #[inline(always)]
+    fn e_from_f64(e: f64) -> i32 {
+        if e == f64::NEG_INFINITY {
+            NARROW_NONE
+        } else {
+            e as i32
+        }
+    }
+    #[inline(always)]
+    fn emission<F: super::fastmath::FastMath>(x: f64) -> (f32, i32) {
+        exp_parts_f32(x as f32)
+    }
+}
+
+/// `exp(x)` as `(p, n)` with `exp(x) = p * 2^n`, `p` in `[0.7, 1.42]`, in float32 (about
+/// one ulp, or the input's own resolution beyond |x| = 2^14); `x = -inf` gives
+/// `(0, E_NONE)`. For `|x| < 2^20`.
+#[inline(always)]
+pub fn exp_parts_f32(x: f32) -> (f32, i32) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND_MAGIC: f32 = 12_582_912.0;
+    // ln 2 split in two so that n * LN2_HI is exact for |n| < 2^15.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let finite = x > f32::NEG_INFINITY;
+    let xc = if finite { x } else { 0.0 };
+    let shifted = xc * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = super::fastmath::exp_f32_reduced(r);
+    if finite {
+        (p, n_int)
+    } else {
+        (0.0, NARROW_NONE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +372,31 @@ mod tests {
         assert_eq!(exp_parts::<13>(f64::NEG_INFINITY).0, 0.0);
         let (p, n) = exp_parts::<13>(-2.5);
         assert!((p * 2f64.powi(n as i32) - (-2.5f64).exp()).abs() < 1e-16);
+    }
+
+    #[test]
+    fn narrow_matches_wide() {
+        for d in -126..=127 {
+            assert_eq!(Narrow::pow2(d) as f64, 2f64.powi(d), "2^{d}");
+        }
+        assert_eq!(Narrow::pow2(-127), 0.0);
+        assert_eq!(Narrow::pow2(-1 << 28), 0.0);
+        for &v in &[1.0f32, 1.5, 3.0, 0.75, 1e-30, 1e30, 7.0e5] {
+            let (m, e) = Narrow::normalise(v, 5);
+            assert!((1.0..2.0).contains(&m), "{v}: {m}");
+            assert_eq!(m as f64 * 2f64.powi(e - 5), v as f64);
+        }
+        assert_eq!(Narrow::normalise(0.0, 5), (0.0, Narrow::E_NONE));
+        let mut x = -1.0e5f32;
+        while x < 80.0 {
+            let (p, n) = exp_parts_f32(x);
+            let got = (p as f64).ln() + n as f64 * std::f64::consts::LN_2;
+            assert!(
+                (got - x as f64).abs() <= 2.5e-7 + 1.2e-7 * (x as f64).abs(),
+                "{x}: {got}"
+            );
+            x += 7.31;
+        }
+        assert_eq!(exp_parts_f32(f32::NEG_INFINITY), (0.0, Narrow::E_NONE));
     }
 }
