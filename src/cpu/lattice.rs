@@ -101,8 +101,6 @@ pub struct Workspace<F> {
     /// The input at the blank and each label, per frame (`L + 1` per row): read once by the
     /// forward pass (one load per label, not per state), reused by the backward pass.
     frames: Vec<F>,
-    /// The class of each extended state (the blank or a label), each in `[0, C)`.
-    classes: Vec<usize>,
     /// Per frame, what is subtracted from the input to get log-probabilities: 0 for
     /// log-probability input, the log-sum-exp over classes for logits.
     log_norm: Vec<f64>,
@@ -346,16 +344,6 @@ fn fill_log_norm<F: FastMath>(x: &SampleRef<'_, F>, norm: &mut Vec<f64>) {
     }
 }
 
-/// The class of each extended state: the blank on even states, the labels on odd ones.
-fn fill_classes(labels: &[u32], blank: usize, classes: &mut Vec<usize>) {
-    classes.clear();
-    classes.push(blank);
-    for &label in labels {
-        classes.push(label as usize);
-        classes.push(blank);
-    }
-}
-
 /// Prepares the skip mask of a target.
 fn fill_skip<X: Extended>(labels: &[u32], skip: &mut Rows<X>) {
     let states = 2 * labels.len() + 1;
@@ -512,7 +500,6 @@ fn forward_in<F: FastMath, X: Extended>(
     let frame_rows = if keep_table { t_len } else { 1 };
     reset(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
     fill_skip(labels, &mut lanes.skip);
-    fill_classes(labels, x.blank, &mut ws.classes);
     fill_log_norm(x, &mut ws.log_norm);
     fill_prefetch_lines(x, &mut ws.prefetch_lines);
     let mut budget_used = 0.0f64;
@@ -693,8 +680,12 @@ fn forward_backward_in<F: FastMath, X: Extended>(
         let n = hi + 1 - lo;
         let (cur_m, next_m) = two_rows(&mut lanes.beta.m, t % 2, (t + 1) % 2, width);
         let (cur_e, next_e) = two_rows(&mut lanes.beta.e, t % 2, (t + 1) % 2, width);
-        cur_m.fill(X::M_ZERO);
-        cur_e.fill(X::E_NONE);
+        // The row is reused: clear what this frame does not write (the next frame reads up
+        // to two states beyond its band).
+        cur_m[..lo].fill(X::M_ZERO);
+        cur_m[hi + 1..].fill(X::M_ZERO);
+        cur_e[..lo].fill(X::E_NONE);
+        cur_e[hi + 1..].fill(X::E_NONE);
         if t + 1 == t_len {
             cur_m[states - 1] = X::M_ONE;
             cur_e[states - 1] = X::E_ZERO;
@@ -764,10 +755,10 @@ fn forward_backward_in<F: FastMath, X: Extended>(
         // The blank's states are every other one: summed apart (a scatter into one slot
         // would chain every second addition through memory).
         let acc = &mut ws.class_total;
-        let first_label = 1 - lo % 2;
         acc[x.blank] = X::m_to_f64(sum_of_even(&occ[lo % 2..]));
-        for i in (first_label..n).step_by(2) {
-            acc[ws.classes[lo + i]] += X::m_to_f64(occ[i]);
+        // Label j is state 2j + 1, at occ[2j + 1 - lo].
+        for j in lo / 2..hi.div_ceil(2) {
+            acc[labels[j] as usize] += X::m_to_f64(occ[2 * j + 1 - lo]);
         }
         let inv_total = 1.0 / total;
         for &class in &ws.distinct_classes {
