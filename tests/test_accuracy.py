@@ -148,7 +148,8 @@ def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_c
     cells = sum(
         t * (2 * s + 1) for t, s in zip(case.input_lengths, case.target_lengths, strict=True)
     )
-    # The thresholds of src/cpu/mod.rs (SERIAL_WORK, SPLIT_WORK).
+    # The thresholds of src/cpu/mod.rs (SERIAL_WORK, SPLIT_WORK, in forward cells: three per
+    # cell with the gradient).
     assert min_cells <= cells < max_cells
     fastctc.set_num_threads(2)
     args = (case.log_probs, case.padded(0), case.input_lengths, case.target_lengths)

@@ -92,23 +92,25 @@ fn grad_scale(problem: &Problem<'_, impl Real>, n: usize) -> f64 {
     }
 }
 
-/// Below this much work (lattice cells, plus a quarter of the dense `(T, N, C)` elements) a
-/// batch runs on the calling thread: handing it to the pool costs more than it saves, and
-/// leaves the caller's core idle.
-const SERIAL_WORK: usize = 20_000;
+/// Below this much work (in forward lattice cells, see `total_work`) a batch runs on the
+/// calling thread: handing it to the pool costs more than it saves, and leaves the caller's
+/// core idle.
+const SERIAL_WORK: usize = 60_000;
 /// Below this much work the calling thread takes half of the jobs and one pool thread the
 /// other half; above, the whole pool shares them.
-const SPLIT_WORK: usize = 400_000;
+const SPLIT_WORK: usize = 1_200_000;
 
-fn total_work<F>(problem: &Problem<'_, F>, dense: bool) -> usize {
+/// The work of a batch in units of one forward lattice cell: a cell of the forward and
+/// backward passes costs about three, and the dense `(T, N, C)` gradient about three
+/// quarters per element.
+fn total_work<F>(problem: &Problem<'_, F>, with_grad: bool) -> usize {
     let (t_max, batch, classes) = problem.dims();
     let cells: usize = problem.samples.iter().map(|s| s.cost()).sum();
-    cells
-        + if dense {
-            t_max * batch * classes / 4
-        } else {
-            0
-        }
+    if with_grad {
+        3 * cells + 3 * (t_max * batch * classes) / 4
+    } else {
+        cells
+    }
 }
 
 /// Runs `work` on every job (given largest first): on the calling thread when the batch is
