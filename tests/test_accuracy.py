@@ -23,7 +23,7 @@ def assert_grad_within(grad32, grad64, atol, what):
 @pytest.mark.long
 @pytest.mark.parametrize("logit_scale", [1.0, 6.0])
 def test_float32_long_sequence_accuracy(logit_scale):
-    """T=5000, S=1000: float32 within 1e-5 (loss, relative) and 1e-4 (every gradient
+    """T=5000, S=1000: float32 within 1e-5 (loss, relative) and 1e-5 (every gradient
     entry, absolute) of the float64 computation on the same values."""
     rng = np.random.default_rng(2024)
     num_frames, length, num_classes = 5000, 1000, 20
@@ -44,7 +44,8 @@ def test_float32_long_sequence_accuracy(logit_scale):
         assert np.isfinite(loss64) and loss64 > 0
         assert loss32.dtype == np.float32 and grad32.dtype == np.float32
         np.testing.assert_allclose(loss32, loss64, rtol=1e-5)
-        assert_grad_within(grad32, grad64, 1e-4, grad_wrt)
+        # The issue asks for 1e-4; the extended-range lattice keeps about 3e-7.
+        assert_grad_within(grad32, grad64, 1e-5, grad_wrt)
     elapsed = time.perf_counter() - start
     assert elapsed < 10.0, f"four calls at T=5000, S=1000 took {elapsed:.1f} s"
 

@@ -3,8 +3,9 @@
 //! The library `exp` is a function call, which stops auto-vectorisation. Here it is a
 //! branch-free range reduction plus a polynomial, so a loop over a lattice row compiles to
 //! AVX2/AVX-512 code inside a `#[target_feature]` function (see `dispatch.rs`). The lattice
-//! recursion runs in float64 (see `lattice.rs`); a float32 version serves the dense
-//! `exp(log_probs)` pass of the logits gradient. The unit tests bound its error
+//! (see `lattice.rs`) takes its emissions from the range reduction and polynomial without the
+//! final scaling (`scaled.rs`); the float32 version also serves the dense `exp(log_probs)`
+//! pass of the logits gradient. The unit tests bound its error
 //! against the standard library.
 
 // Polynomial coefficients are written as published, digits beyond the type's precision

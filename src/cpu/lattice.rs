@@ -2,13 +2,16 @@
 //! frame's occupancy and gradient row without a beta table.
 //!
 //! Extended states: `s = 0..2L+1`; even states are the blank, odd state `2j+1` is label `j`.
-//! Alphas, betas and emissions are probabilities in extended range (`scaled.rs`): a float64
-//! mantissa and an integer exponent per state, so a three-way sum costs a few adds,
-//! multiplies and bit operations instead of the two `exp` and one `log` of a log-space
-//! log-sum-exp, nothing under- or overflows at any length, and every state keeps float64's
-//! relative precision. The loops run over contiguous, equally long slices with no branches,
-//! so LLVM vectorises them (see `dispatch.rs` for the instruction sets). The occupancy of a
-//! frame is `alpha[t][s] * beta[t][s]` normalised over the frame: exact, whatever the scale.
+//! Alphas, betas and emissions are probabilities in extended range (`scaled.rs`): a mantissa
+//! and an integer exponent per state, so a three-way sum costs a few adds, multiplies and
+//! bit operations instead of the two `exp` and one `log` of a log-space log-sum-exp, nothing
+//! under- or overflows at any length, and every state keeps its mantissa's relative
+//! precision (rounding errors are relative, so they do not grow with how improbable a state
+//! is, as they do in log space). The code is generic over the lane type: `Narrow` (float32
+//! mantissas, int32 exponents, 16 lanes per AVX-512 vector) for float32 input within its
+//! exponent budget, else `Wide` (float64). The loops run over contiguous, equally long
+//! slices with no branches, so LLVM vectorises them (see `dispatch.rs` for the instruction
+//! sets). The occupancy of a frame is `alpha[t][s] * beta[t][s]` normalised over the frame.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
