@@ -276,8 +276,9 @@ def test_zero_infinity_keeps_nan(rng):
 
 
 def nan_after_dead_end_case(rng):
-    """Sample 0 has a NaN after a frame no path survives, sample 1 a NaN before it."""
-    lp = log_softmax(rng.normal(size=(4, 2, 3)))
+    """Sample 0 has a NaN after a frame no path survives, sample 1 a NaN before it (float32,
+    which every GPU adapter supports)."""
+    lp = log_softmax(rng.normal(size=(4, 2, 3))).astype(np.float32)
     lp[1, :, :] = -np.inf  # frame 1: no path survives it
     lp[3, 0, :] = np.nan  # sample 0: NaN after the dead end
     lp[0, 1, :] = np.nan  # sample 1: NaN before it
