@@ -79,7 +79,7 @@ pub fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 
 /// Runs `helped` on one pool thread while the calling thread runs `own`, and returns when
 /// both are done. For batches too small to amortise waking the whole pool: the caller starts
-/// at once, so only half the work waits for a worker to wake.
+/// at once, and work shared through a queue does not wait for the worker to wake.
 pub fn with_one_helper(helped: impl FnOnce() + Send, own: impl FnOnce()) {
     pool().in_place_scope(|scope| {
         scope.spawn(|_| helped());

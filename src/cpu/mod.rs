@@ -119,16 +119,17 @@ fn for_each_job<T: Send>(jobs: Vec<T>, work_size: usize, work: impl Fn(T) + Sync
     if work_size < SERIAL_WORK || threads::num_threads() == 1 || jobs.len() < 2 {
         jobs.into_iter().for_each(work);
     } else if work_size < SPLIT_WORK {
-        // Alternate jobs between the two halves: sizes go down, so the halves balance.
-        let (mut helped, mut own) = (Vec::new(), Vec::new());
-        for (i, job) in jobs.into_iter().enumerate() {
-            if i % 2 == 0 { &mut own } else { &mut helped }.push(job);
-        }
-        let work = &work;
-        threads::with_one_helper(
-            move || helped.into_iter().for_each(work),
-            move || own.into_iter().for_each(work),
-        );
+        // Both threads take the next job from one queue (largest first): when the helper
+        // wakes late, the caller has simply done more of them.
+        let queue = std::sync::Mutex::new(jobs.into_iter());
+        let drain = || loop {
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            match next {
+                Some(job) => work(job),
+                None => break,
+            }
+        };
+        threads::with_one_helper(drain, drain);
     } else {
         threads::install(|| jobs.into_par_iter().with_max_len(1).for_each(work));
     }
