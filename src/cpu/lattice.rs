@@ -517,11 +517,14 @@ fn forward_in<F: FastMath, X: Extended>(
         if !read_frame(x, t, ws.log_norm[t], frame) {
             // A NaN or +inf read after every path has died does not count (the GPU stops
             // at the first dead frame): the loss is then +inf.
-            let prev = (t + 1) % 2 * width;
-            let dead = t > 0
-                && lanes.alpha.m[prev..prev + width]
+            let dead = t > 0 && {
+                // Only the previous frame's band holds its values (see below).
+                let (lo, hi) = band(t - 1, t_len, states);
+                let prev = (t + 1) % 2 * width + PAD;
+                lanes.alpha.m[prev + lo..=prev + hi]
                     .iter()
-                    .all(|&m| X::m_to_f64(m) == 0.0);
+                    .all(|&m| X::m_to_f64(m) == 0.0)
+            };
             return Outcome::Done(if dead { f64::NEG_INFINITY } else { f64::NAN });
         }
         if X::INPUT_BUDGET.is_finite() {
@@ -534,11 +537,9 @@ fn forward_in<F: FastMath, X: Extended>(
         expand::<F, X>(frame, lo, hi, ws.log_norm[t], &mut lanes.emit);
         let (cur_m, prev_m) = two_rows(&mut lanes.alpha.m, t % 2, (t + 1) % 2, width);
         let (cur_e, prev_e) = two_rows(&mut lanes.alpha.e, t % 2, (t + 1) % 2, width);
-        // The row is reused: clear what this frame does not write.
-        cur_m[..PAD + lo].fill(X::M_ZERO);
-        cur_m[PAD + hi + 1..].fill(X::M_ZERO);
-        cur_e[..PAD + lo].fill(X::E_NONE);
-        cur_e[PAD + hi + 1..].fill(X::E_NONE);
+        // The row is reused without clearing: bands only move up (`lo` and `hi` never
+        // decrease), so above `hi` it is still zero from the reset, and below `lo` the next
+        // frame reads only states of this band or the zero pads.
         let n = hi + 1 - lo;
         let emit = (&lanes.emit.m[lo..lo + n], &lanes.emit.e[lo..lo + n]);
         let out_m = &mut cur_m[PAD + lo..PAD + lo + n];
@@ -683,12 +684,9 @@ fn forward_backward_in<F: FastMath, X: Extended>(
         let n = hi + 1 - lo;
         let (cur_m, next_m) = two_rows(&mut lanes.beta.m, t % 2, (t + 1) % 2, width);
         let (cur_e, next_e) = two_rows(&mut lanes.beta.e, t % 2, (t + 1) % 2, width);
-        // The row is reused: clear what this frame does not write (the next frame reads up
-        // to two states beyond its band).
-        cur_m[..lo].fill(X::M_ZERO);
-        cur_m[hi + 1..].fill(X::M_ZERO);
-        cur_e[..lo].fill(X::E_NONE);
-        cur_e[hi + 1..].fill(X::E_NONE);
+        // The row is reused without clearing: going back in time bands only move down, so
+        // below `lo` it is still zero from the reset (and beta is 0 there: those states
+        // cannot reach the end), and the previous frame reads no state above `hi`.
         if t + 1 == t_len {
             cur_m[states - 1] = X::M_ONE;
             cur_e[states - 1] = X::E_ZERO;
@@ -708,9 +706,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
             for i in 0..k {
                 (w_m[i], w_e[i]) = times::<X>(n_m[i], n_e[i], y_m[i], y_e[i]);
             }
-            // Entries above `top` are stale or padding; `top` already reaches hi + 2.
-            w.m[top + 1..].fill(X::M_ZERO);
-            w.e[top + 1..].fill(X::E_NONE);
+            // Reads go up to hi + 2: `top`, or the zero pads past the last state.
             let at = |k: usize| (&w.m[lo + k..], &w.e[lo + k..]);
             let skip = (&lanes.skip.m[lo + 2..], &lanes.skip.e[lo + 2..]);
             let renorm = t % NORMALISE_EVERY == 0;
