@@ -128,6 +128,13 @@ fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
     buffer.resize(len, value);
 }
 
+/// Makes `buffer` at least `len` long, keeping (not clearing) what it holds.
+fn ensure_len<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
+    if buffer.len() < len {
+        buffer.resize(len, value);
+    }
+}
+
 /// States that are both reachable from the start at frame `t` and can still reach the end.
 #[inline(always)]
 fn band(t: usize, input_len: usize, states: usize) -> (usize, usize) {
@@ -371,6 +378,17 @@ fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T],
     }
 }
 
+/// A class's share of the frame's occupancy: exactly 1 for a class holding the whole frame
+/// (`x * (1/x)` can miss 1).
+#[inline(always)]
+fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
+    if class_total == total {
+        1.0
+    } else {
+        class_total * inv_total
+    }
+}
+
 /// Frames between two normalisations of the running rows. In between, a mantissa grows by
 /// at most 4.3x per frame (a sum of three, times an emission mantissa below 1.42) and
 /// shrinks by at most 0.7x (the sum's largest term counts fully): after 8 frames it lies in
@@ -497,11 +515,14 @@ fn forward_in<F: FastMath, X: Extended>(
     lanes.alpha.reset(2 * width);
     lanes.emit.reset(states);
     if keep_table {
-        reset(&mut ws.table_m, t_len * states, F::ZERO);
-        reset(&mut lanes.table_e, t_len * states, X::E_NONE);
+        // Not cleared: every entry the backward pass reads (frame t's band) is written here
+        // first.
+        ensure_len(&mut ws.table_m, t_len * states, F::ZERO);
+        ensure_len(&mut lanes.table_e, t_len * states, X::E_NONE);
     }
     let frame_rows = if keep_table { t_len } else { 1 };
-    reset(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
+    // Not cleared either: each frame's row is written before it is read.
+    ensure_len(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
     fill_skip(labels, &mut lanes.skip);
     fill_log_norm(x, &mut ws.log_norm);
     fill_prefetch_lines(x, &mut ws.prefetch_lines);
@@ -760,19 +781,22 @@ fn forward_backward_in<F: FastMath, X: Extended>(
             acc[labels[j] as usize] += X::m_to_f64(occ[2 * j + 1 - lo]);
         }
         let inv_total = 1.0 / total;
-        for &class in &ws.distinct_classes {
-            // A class holding the whole frame gets exactly the scale (x * (1/x) can miss 1).
-            let share = if acc[class] == total {
-                1.0
-            } else {
-                acc[class] * inv_total
+        macro_rules! write_classes {
+            ($out:expr) => {
+                for &class in &ws.distinct_classes {
+                    let g = F::from_f64(-share(acc[class], total, inv_total) * scale);
+                    match spec.wrt {
+                        GradWrt::LogProbs => $out[class] = g,
+                        GradWrt::Logits => $out[class] += g,
+                    }
+                    acc[class] = 0.0;
+                }
             };
-            let g = F::from_f64(-share * scale);
-            match spec.wrt {
-                GradWrt::LogProbs => row[class] = g,
-                GradWrt::Logits => row[class] += g,
-            }
-            acc[class] = 0.0;
+        }
+        // A plain slice when the row is contiguous (the usual layouts): no stride arithmetic.
+        match row.as_slice_mut() {
+            Some(out) => write_classes!(out),
+            None => write_classes!(row),
         }
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
