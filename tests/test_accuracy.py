@@ -126,8 +126,8 @@ def test_results_identical_across_thread_counts(restore_threads, dtype, reductio
 @pytest.mark.parametrize(
     ("shape", "min_cells", "max_cells"),
     [
-        ((20, 4, 6, 5), 0, 6_666),
-        ((120, 16, 10, 40), 6_667, 400_000),
+        ((20, 4, 6, 5), 0, 20_000),
+        ((120, 16, 10, 40), 20_000, 400_000),
         ((400, 12, 12, 80), 400_000, 10**9),
     ],
     ids=["calling-thread", "caller-and-one-helper", "whole-pool"],
@@ -158,7 +158,6 @@ def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_c
     loss, grad = fastctc.ctc_loss_and_grad(*args, reduction="none")
     np.testing.assert_allclose(loss, ref.loss, rtol=1e-10)
     np.testing.assert_allclose(grad, ref.grad_log_probs, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(fastctc.ctc_loss(*args, reduction="none"), ref.loss, rtol=1e-10)
 
 
 def test_float32_far_beyond_the_float32_lanes_budget():
