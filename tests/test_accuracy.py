@@ -158,6 +158,7 @@ def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_c
     loss, grad = fastctc.ctc_loss_and_grad(*args, reduction="none")
     np.testing.assert_allclose(loss, ref.loss, rtol=1e-10)
     np.testing.assert_allclose(grad, ref.grad_log_probs, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fastctc.ctc_loss(*args, reduction="none"), ref.loss, rtol=1e-10)
 
 
 def test_float32_far_beyond_the_float32_lanes_budget():
