@@ -4,7 +4,7 @@
 //! the number of available cores; [`set_num_threads`] replaces it. Kept separate from rayon's
 //! global pool so that resizing works at any time and never fights the caller's own rayon use.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -77,19 +77,131 @@ pub fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     pool().install(work)
 }
 
-/// Runs `helped` on one pool thread while the calling thread runs `own`, and returns when
-/// both are done. For batches too small to amortise waking the whole pool: the caller starts
-/// at once, and work shared through a queue does not wait for the worker to wake.
-pub fn with_one_helper(helped: impl FnOnce() + Send, own: impl FnOnce()) {
-    pool().in_place_scope(|scope| {
-        scope.spawn(|_| helped());
-        own();
+/// Runs `work` on every job, on the calling thread and at most one pool thread, both taking
+/// the next job from one queue; returns when every job is done.
+///
+/// For batches too small to amortise waking the whole pool. The caller starts at once and
+/// never waits for the helper to wake: if the pool thread is asleep or descheduled (torch's
+/// OpenMP threads spin on the same cores, for instance), the caller simply does every job,
+/// and the helper, when it finally runs, finds the queue closed and touches nothing.
+pub fn share_with_one_helper<T: Send>(jobs: Vec<T>, work: &(dyn Fn(T) + Sync)) {
+    let shared = Shared {
+        queue: Mutex::new(jobs.into_iter()),
+        work,
+    };
+    let handshake = Arc::new(Handshake {
+        state: Mutex::new(HelperState {
+            shared: &shared as *const Shared<'_, T> as usize,
+            active: false,
+        }),
+        idle: Condvar::new(),
     });
+    // The helper knows the job type only through this function pointer, so that the task it
+    // runs is 'static although the jobs borrow the caller's data.
+    let run: fn(usize) = run_helper::<T>;
+    let remote = Arc::clone(&handshake);
+    pool().spawn(move || {
+        let shared = {
+            let mut state = lock(&remote.state);
+            if state.shared == 0 {
+                return; // the caller finished and left: nothing to do, nothing to touch
+            }
+            state.active = true;
+            state.shared
+        };
+        // Marks the helper inactive even if a job panics, so the caller cannot wait forever.
+        let _done = ActiveGuard(&remote);
+        run(shared);
+    });
+    // Closes the queue and waits for a running helper, also when a job panics here: the
+    // helper must not touch `shared` after this function returns.
+    let _close = CloseGuard(&handshake);
+    drain(&shared);
+}
+
+/// The queue and the work of one `share_with_one_helper` call, on the caller's stack.
+struct Shared<'w, T> {
+    queue: Mutex<std::vec::IntoIter<T>>,
+    work: &'w (dyn Fn(T) + Sync),
+}
+
+struct HelperState {
+    /// Address of the caller's `Shared` while the caller is inside the call, else 0.
+    shared: usize,
+    /// The helper is using `shared`.
+    active: bool,
+}
+
+struct Handshake {
+    state: Mutex<HelperState>,
+    idle: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn drain<T>(shared: &Shared<'_, T>) {
+    loop {
+        let next = lock(&shared.queue).next();
+        match next {
+            Some(job) => (shared.work)(job),
+            None => break,
+        }
+    }
+}
+
+fn run_helper<T>(shared: usize) {
+    // SAFETY: `shared` is the address of the caller's live `Shared<T>`: the helper read it
+    // (non-zero) and set `active` under the handshake lock, and the caller, before leaving
+    // `share_with_one_helper`, zeroes it under the same lock and waits until `active` is
+    // false again, so the value outlives every use here.
+    let shared = unsafe { &*(shared as *const Shared<'_, T>) };
+    drain(shared);
+}
+
+struct ActiveGuard<'h>(&'h Handshake);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).active = false;
+        self.0.idle.notify_all();
+    }
+}
+
+struct CloseGuard<'h>(&'h Handshake);
+
+impl Drop for CloseGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.shared = 0;
+        while state.active {
+            state = self.0.idle.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_helper_runs_every_job_once_with_borrowed_data() {
+        set_num_threads(2).unwrap();
+        for round in 0..200 {
+            let mut out = vec![0usize; 64];
+            let jobs: Vec<(usize, &mut usize)> = out.iter_mut().enumerate().collect();
+            let work = |(i, slot): (usize, &mut usize)| {
+                if round % 7 == 0 {
+                    std::thread::yield_now();
+                }
+                *slot += i + 1;
+            };
+            share_with_one_helper(jobs, &work);
+            let want: Vec<usize> = (1..=64).collect();
+            assert_eq!(out, want, "round {round}");
+        }
+    }
 
     #[test]
     fn zero_threads_is_an_error() {

@@ -121,15 +121,7 @@ fn for_each_job<T: Send>(jobs: Vec<T>, work_size: usize, work: impl Fn(T) + Sync
     } else if work_size < SPLIT_WORK {
         // Both threads take the next job from one queue (largest first): when the helper
         // wakes late, the caller has simply done more of them.
-        let queue = std::sync::Mutex::new(jobs.into_iter());
-        let drain = || loop {
-            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-            match next {
-                Some(job) => work(job),
-                None => break,
-            }
-        };
-        threads::with_one_helper(drain, drain);
+        threads::share_with_one_helper(jobs, &work);
     } else {
         threads::install(|| jobs.into_par_iter().with_max_len(1).for_each(work));
     }
