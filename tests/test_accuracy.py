@@ -126,8 +126,8 @@ def test_results_identical_across_thread_counts(restore_threads, dtype, reductio
 @pytest.mark.parametrize(
     ("shape", "min_cells", "max_cells"),
     [
-        ((20, 4, 6, 5), 0, 20_000),
-        ((120, 16, 10, 40), 20_000, 400_000),
+        ((20, 4, 6, 5), 0, 6_666),
+        ((120, 16, 10, 40), 6_667, 400_000),
         ((400, 12, 12, 80), 400_000, 10**9),
     ],
     ids=["calling-thread", "caller-and-one-helper", "whole-pool"],

@@ -95,7 +95,7 @@ fn grad_scale(problem: &Problem<'_, impl Real>, n: usize) -> f64 {
 /// Below this much work (in forward lattice cells, see `total_work`) a batch runs on the
 /// calling thread: handing it to the pool costs more than it saves, and leaves the caller's
 /// core idle.
-const SERIAL_WORK: usize = 60_000;
+const SERIAL_WORK: usize = 20_000;
 /// Below this much work the calling thread takes half of the jobs and one pool thread the
 /// other half; above, the whole pool shares them.
 const SPLIT_WORK: usize = 1_200_000;
