@@ -245,16 +245,27 @@ const AHEAD: usize = 1;
 /// Cache line size assumed for prefetching.
 const LINE: usize = 64;
 
-/// The byte offsets (multiples of a cache line) of the lines holding the blank and the
-/// labels in a row of the input, each once; empty when the rows are not contiguous.
-fn fill_prefetch_lines<F>(x: &SampleRef<'_, F>, lines: &mut Vec<usize>) {
+/// The blank and the target's labels, each once, in increasing order.
+fn fill_distinct_classes<F>(x: &SampleRef<'_, F>, classes: &mut Vec<usize>) {
+    classes.clear();
+    classes.push(x.blank);
+    classes.extend(x.labels.iter().map(|&l| l as usize));
+    classes.sort_unstable();
+    classes.dedup();
+}
+
+/// The byte offsets (multiples of a cache line) of the lines holding `classes` (sorted) in a
+/// row of the input, each once; empty when the rows are not contiguous.
+fn fill_prefetch_lines<F>(x: &SampleRef<'_, F>, classes: &[usize], lines: &mut Vec<usize>) {
     lines.clear();
     if x.log_probs.strides()[1] != 1 {
         return;
     }
-    let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
-    lines.extend(classes.map(|c| c * std::mem::size_of::<F>() / LINE * LINE));
-    lines.sort_unstable();
+    lines.extend(
+        classes
+            .iter()
+            .map(|&c| c * std::mem::size_of::<F>() / LINE * LINE),
+    );
     lines.dedup();
 }
 
@@ -525,7 +536,8 @@ fn forward_in<F: FastMath, X: Extended>(
     ensure_len(&mut ws.frames, frame_rows * (labels.len() + 1), F::ZERO);
     fill_skip(labels, &mut lanes.skip);
     fill_log_norm(x, &mut ws.log_norm);
-    fill_prefetch_lines(x, &mut ws.prefetch_lines);
+    fill_distinct_classes(x, &mut ws.distinct_classes);
+    fill_prefetch_lines(x, &ws.distinct_classes, &mut ws.prefetch_lines);
     let mut budget_used = 0.0f64;
 
     for t in 0..t_len {
@@ -688,12 +700,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     lanes.next_weighted.reset(width);
     reset(&mut lanes.occupancy, states, X::M_ZERO);
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
-    ws.distinct_classes.clear();
-    ws.distinct_classes.push(x.blank);
-    ws.distinct_classes
-        .extend(labels.iter().map(|&l| l as usize));
-    ws.distinct_classes.sort_unstable();
-    ws.distinct_classes.dedup();
+    // ws.distinct_classes was filled by the forward pass.
     let scale = spec.scale.to_f64();
     // alpha * beta is at most the likelihood: shifted by its exponent, every product is at
     // most a few orders above 1 (mantissas between normalisations); those below the lane

@@ -14,22 +14,15 @@
 //! calling them vectorise (AVX2, AVX-512, NEON alike). A zero value is `m = 0, e = -inf`:
 //! it never wins the maximum of a sum, and `m = 0` makes its term vanish.
 
+// `fmax` comes from FastMath: one instruction, `b` when either is NaN.
+use super::fastmath::FastMath;
+
 /// `1.5 * 2^52 + 1023`: adding it to an integer-valued double `d` (|d| < 2^51) leaves
 /// `d + 1023` in the low mantissa bits.
 const POW2_MAGIC: f64 = 6_755_399_441_055_744.0 + 1023.0;
 /// `2^52`, as bits: OR-ing an integer below 2^52 into its mantissa gives `2^52 + integer`.
 const TWO_52_BITS: u64 = 0x4330_0000_0000_0000;
 const TWO_52: f64 = 4_503_599_627_370_496.0;
-
-/// `max` that compiles to one instruction; returns `b` when either is NaN.
-#[inline(always)]
-pub fn fmax(a: f64, b: f64) -> f64 {
-    if a > b {
-        a
-    } else {
-        b
-    }
-}
 
 /// `2^d` for an integer-valued `d` up to 1023; 0 for `d <= -1023`, `-inf` and NaN.
 ///
@@ -38,7 +31,7 @@ pub fn fmax(a: f64, b: f64) -> f64 {
 /// forbidden transition (exponent offset `-inf`) contributes exactly 0.
 #[inline(always)]
 pub fn pow2(d: f64) -> f64 {
-    let d = fmax(d, -1023.0);
+    let d = d.fmax(-1023.0);
     // The 11 low bits of the mantissa hold d + 1023 in [0, 2046]; shifting them into the
     // exponent field drops everything else (a field of 0 with no mantissa bits is 0.0).
     f64::from_bits((d + POW2_MAGIC).to_bits() << 52)
@@ -60,7 +53,7 @@ pub fn split(v: f64) -> (f64, f64) {
 /// the exponent of the larger term.
 #[inline(always)]
 pub fn add2(m1: f64, e1: f64, m2: f64, e2: f64) -> (f64, f64) {
-    let e = fmax(e1, e2);
+    let e = e1.fmax(e2);
     (m1 * pow2(e1 - e) + m2 * pow2(e2 - e), e)
 }
 
@@ -78,16 +71,8 @@ pub fn normalise(v: f64, e: f64) -> (f64, f64) {
 /// within a few ulps for `x > -1400`.
 #[inline(always)]
 pub fn exp_parts<const DEGREE: usize>(x: f64) -> (f64, f64) {
-    const LOG2E: f64 = std::f64::consts::LOG2_E;
-    const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
-    // n * LN2_HI is exact for |n| < 2^11 (x > -1400); beyond, the reduction's rounding
-    // stays below 1e-11 relative for |x| < 1e5.
-    use super::fastmath::{LN2_HI, LN2_LO};
     let finite = x > f64::NEG_INFINITY;
-    let xc = if finite { x } else { 0.0 };
-    let n = (xc * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
-    let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let p = super::fastmath::exp_taylor::<DEGREE>(r);
+    let (p, n, _) = super::fastmath::exp_reduced_f64::<DEGREE>(if finite { x } else { 0.0 });
     if finite {
         (p, n)
     } else {
@@ -168,7 +153,7 @@ impl Extended for Wide {
     }
     #[inline(always)]
     fn e_max(a: f64, b: f64) -> f64 {
-        fmax(a, b)
+        a.fmax(b)
     }
     #[inline(always)]
     fn pow2(d: f64) -> f64 {
@@ -285,20 +270,10 @@ impl Extended for Narrow {
 /// `(0, E_NONE)`. For `|x| < 2^20`.
 #[inline(always)]
 pub fn exp_parts_f32(x: f32) -> (f32, i32) {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND_MAGIC: f32 = 12_582_912.0;
-    // ln 2 split in two so that n * LN2_HI is exact for |n| < 2^15.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let finite = x > f32::NEG_INFINITY;
-    let xc = if finite { x } else { 0.0 };
-    let shifted = xc * LOG2E + ROUND_MAGIC;
-    let n = shifted - ROUND_MAGIC;
-    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = super::fastmath::exp_f32_reduced(r);
+    let (p, n) = super::fastmath::exp_reduced_f32(if finite { x } else { 0.0 });
     if finite {
-        (p, n_int)
+        (p, n)
     } else {
         (0.0, NARROW_NONE)
     }
