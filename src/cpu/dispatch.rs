@@ -10,6 +10,7 @@ use ndarray::ArrayViewMut2;
 
 use super::fastmath::FastMath;
 use super::lattice::{self, GradSpec, SampleRef, Workspace};
+use super::lockstep::{self, GroupWorkspace};
 
 /// The instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,42 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub fn group_forward_avx2<F: FastMath>(
+        xs: &[SampleRef<'_, F>],
+        ws: &mut GroupWorkspace<F>,
+    ) -> Vec<Option<f64>> {
+        lockstep::forward(xs, ws)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub fn group_forward_avx512<F: FastMath>(
+        xs: &[SampleRef<'_, F>],
+        ws: &mut GroupWorkspace<F>,
+    ) -> Vec<Option<f64>> {
+        lockstep::forward(xs, ws)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn group_forward_backward_avx2<F: FastMath>(
+        xs: &[SampleRef<'_, F>],
+        ws: &mut GroupWorkspace<F>,
+        grads: &mut [ArrayViewMut2<'_, F>],
+        specs: &[GradSpec<F>],
+    ) -> Vec<Option<f64>> {
+        lockstep::forward_backward(xs, ws, grads, specs)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub fn group_forward_backward_avx512<F: FastMath>(
+        xs: &[SampleRef<'_, F>],
+        ws: &mut GroupWorkspace<F>,
+        grads: &mut [ArrayViewMut2<'_, F>],
+        specs: &[GradSpec<F>],
+    ) -> Vec<Option<f64>> {
+        lockstep::forward_backward(xs, ws, grads, specs)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub fn forward_backward_avx2<F: FastMath>(
         x: &SampleRef<'_, F>,
         ws: &mut Workspace<F>,
@@ -132,5 +169,41 @@ pub fn log_likelihood_and_grad<F: FastMath>(
         // SAFETY: as above.
         SimdLevel::Avx512 => unsafe { x86::forward_backward_avx512(x, ws, grad, spec) },
         _ => lattice::forward_backward(x, ws, grad, spec),
+    }
+}
+
+/// The log-likelihoods of up to `lockstep::LANES` samples side by side; `None` for a sample
+/// the group leaves to `log_likelihood`.
+pub fn group_log_likelihood<F: FastMath>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+) -> Vec<Option<f64>> {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those features.
+        SimdLevel::Avx2 => unsafe { x86::group_forward_avx2(xs, ws) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdLevel::Avx512 => unsafe { x86::group_forward_avx512(xs, ws) },
+        _ => lockstep::forward(xs, ws),
+    }
+}
+
+/// The log-likelihoods and gradient rows of up to `lockstep::LANES` samples side by side;
+/// `None` for a sample the group leaves to `log_likelihood_and_grad` (its rows untouched).
+pub fn group_log_likelihood_and_grad<F: FastMath>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    grads: &mut [ArrayViewMut2<'_, F>],
+    specs: &[GradSpec<F>],
+) -> Vec<Option<f64>> {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those features.
+        SimdLevel::Avx2 => unsafe { x86::group_forward_backward_avx2(xs, ws, grads, specs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdLevel::Avx512 => unsafe { x86::group_forward_backward_avx512(xs, ws, grads, specs) },
+        _ => lockstep::forward_backward(xs, ws, grads, specs),
     }
 }

@@ -48,9 +48,9 @@ pub struct GradSpec<F> {
 
 /// Mantissas and exponents side by side, in one lane type.
 #[derive(Debug)]
-struct Rows<X: Extended> {
-    m: Vec<X::M>,
-    e: Vec<X::E>,
+pub(super) struct Rows<X: Extended> {
+    pub(super) m: Vec<X::M>,
+    pub(super) e: Vec<X::E>,
 }
 
 impl<X: Extended> Default for Rows<X> {
@@ -64,7 +64,7 @@ impl<X: Extended> Default for Rows<X> {
 
 impl<X: Extended> Rows<X> {
     /// `len` zeros (`m = 0, e = E_NONE`).
-    fn reset(&mut self, len: usize) {
+    pub(super) fn reset(&mut self, len: usize) {
         reset(&mut self.m, len, X::M_ZERO);
         reset(&mut self.e, len, X::E_NONE);
     }
@@ -123,13 +123,13 @@ impl<F: FastMath> Workspace<F> {
     }
 }
 
-fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
+pub(super) fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
     buffer.clear();
     buffer.resize(len, value);
 }
 
 /// Makes `buffer` at least `len` long, keeping (not clearing) what it holds.
-fn ensure_len<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
+pub(super) fn ensure_len<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
     if buffer.len() < len {
         buffer.resize(len, value);
     }
@@ -144,7 +144,7 @@ fn band(t: usize, input_len: usize, states: usize) -> (usize, usize) {
 }
 
 /// The number of frames a target needs: one per label plus one blank between equal neighbours.
-fn min_frames(labels: &[u32]) -> usize {
+pub(super) fn min_frames(labels: &[u32]) -> usize {
     labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
 }
 
@@ -379,7 +379,7 @@ fn fill_skip<X: Extended>(labels: &[u32], skip: &mut Rows<X>) {
 
 /// Mutable row `a` and shared row `b` (`a != b`) of a row-major buffer.
 #[inline(always)]
-fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T], &[T]) {
+pub(super) fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T], &[T]) {
     if a > b {
         let (head, tail) = buffer.split_at_mut(a * width);
         (&mut tail[..width], &head[b * width..(b + 1) * width])
@@ -392,7 +392,7 @@ fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T],
 /// A class's share of the frame's occupancy: exactly 1 for a class holding the whole frame
 /// (`x * (1/x)` can miss 1).
 #[inline(always)]
-fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
+pub(super) fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
     if class_total == total {
         1.0
     } else {
@@ -404,7 +404,7 @@ fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
 /// at most 4.3x per frame (a sum of three, times an emission mantissa below 1.42) and
 /// shrinks by at most 0.7x (the sum's largest term counts fully): after 8 frames it lies in
 /// `[0.05, 2e5]`, so a term cut below the lane type's range stays below rounding.
-const NORMALISE_EVERY: usize = 8;
+pub(super) const NORMALISE_EVERY: usize = 8;
 
 /// `a + b + skip * c` in extended range; `skip` is the state's skip mask (factor, exponent
 /// offset): a forbidden skip neither adds nor wins the maximum.
@@ -426,19 +426,19 @@ fn sum3<X: Extended>(
 /// `m * 2^e` times an emission `(em, ee)`, the exponent of a zero kept at or above `E_NONE`
 /// (so that repeated zero emissions cannot wrap an integer exponent).
 #[inline(always)]
-fn times<X: Extended>(m: X::M, e: X::E, em: X::M, ee: X::E) -> (X::M, X::E) {
+pub(super) fn times<X: Extended>(m: X::M, e: X::E, em: X::M, ee: X::E) -> (X::M, X::E) {
     (m * em, X::e_max(X::e_add(e, ee), X::E_NONE))
 }
 
 /// Row slices of one lane type: mantissas and exponents.
-type Slices<'a, X> = (&'a [<X as Extended>::M], &'a [<X as Extended>::E]);
+pub(super) type Slices<'a, X> = (&'a [<X as Extended>::M], &'a [<X as Extended>::E]);
 
 /// One step of the recursion over `out.len()` states: `out[i] = (a[i] + b[i] + skip[i] *
 /// c[i]) * emit[i]` in extended range (no factor without `emit`). `a`, `b`, `c` are the three
 /// predecessors (forward) or weighted successors (backward) of state `i`. With `renorm`,
 /// mantissas come out in `[1, 2)`.
 #[inline(always)]
-fn combine3<X: Extended>(
+pub(super) fn combine3<X: Extended>(
     [a, b, c]: [Slices<'_, X>; 3],
     skip: Slices<'_, X>,
     emit: Option<Slices<'_, X>>,

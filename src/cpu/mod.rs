@@ -3,6 +3,7 @@
 mod dispatch;
 mod fastmath;
 mod lattice;
+mod lockstep;
 mod scaled;
 mod viterbi;
 
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 pub use dispatch::{level as simd_level, SimdLevel};
 pub use fastmath::FastMath;
 pub use lattice::{GradSpec, SampleRef, Workspace};
+pub use lockstep::GroupWorkspace;
 
 use crate::options::{InputKind, Layout, Reduction};
 use crate::output::{AlignmentOutput, CtcOutput};
@@ -52,22 +54,31 @@ pub fn simd_features() -> Vec<&'static str> {
 /// live as long as the pool's threads, so repeated calls allocate nothing.
 pub trait CpuFloat: FastMath {
     fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R;
+    fn with_group_workspace<R>(work: impl FnOnce(&mut GroupWorkspace<Self>) -> R) -> R;
 }
 
 thread_local! {
     static WORKSPACE_F32: RefCell<Workspace<f32>> = RefCell::new(Workspace::new());
     static WORKSPACE_F64: RefCell<Workspace<f64>> = RefCell::new(Workspace::new());
+    static GROUP_WORKSPACE_F32: RefCell<GroupWorkspace<f32>> = RefCell::default();
+    static GROUP_WORKSPACE_F64: RefCell<GroupWorkspace<f64>> = RefCell::default();
 }
 
 impl CpuFloat for f32 {
     fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
         WORKSPACE_F32.with(|ws| work(&mut ws.borrow_mut()))
     }
+    fn with_group_workspace<R>(work: impl FnOnce(&mut GroupWorkspace<Self>) -> R) -> R {
+        GROUP_WORKSPACE_F32.with(|ws| work(&mut ws.borrow_mut()))
+    }
 }
 
 impl CpuFloat for f64 {
     fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
         WORKSPACE_F64.with(|ws| work(&mut ws.borrow_mut()))
+    }
+    fn with_group_workspace<R>(work: impl FnOnce(&mut GroupWorkspace<Self>) -> R) -> R {
+        GROUP_WORKSPACE_F64.with(|ws| work(&mut ws.borrow_mut()))
     }
 }
 
@@ -175,12 +186,76 @@ pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     compute_with_grad(&problem, |_| -1.0)
 }
 
+/// Samples with at most this many lattice states run side by side, `lockstep::LANES` at a
+/// time (see `lockstep.rs`): for them the per-sample kernel's per-frame costs outweigh its
+/// band.
+/// Measured on AVX-512: from about 81 states the group's rows outgrow the L1 cache, and the
+/// per-sample kernel is as fast or faster.
+const GROUP_MAX_STATES: usize = 79;
+/// Fewer short samples than this run one by one: a group costs its full width of vectors
+/// whatever its number of lanes.
+const GROUP_MIN_LANES: usize = 2;
+
+/// A unit of work for one thread: one sample, or a group of short samples side by side.
+enum Job<T> {
+    One(T),
+    Group(Vec<T>),
+}
+
+/// Forms the jobs of a batch, largest first: short samples (see `GROUP_MAX_STATES`) in
+/// groups of samples of similar size, the others one by one. `sample_of` gives an item's
+/// sample index.
+fn plan_jobs<F: Real, T>(
+    problem: &Problem<'_, F>,
+    mut items: Vec<T>,
+    sample_of: impl Fn(&T) -> usize,
+) -> Vec<Job<T>> {
+    let cost = |item: &T| problem.samples[sample_of(item)].cost();
+    items.sort_by_key(|item| Reverse(cost(item)));
+    let (short, long): (Vec<T>, Vec<T>) = items.into_iter().partition(|item| {
+        let x = sample_ref(problem, sample_of(item));
+        2 * x.labels.len() < GROUP_MAX_STATES && lockstep::fits(&x)
+    });
+    let mut jobs: Vec<(usize, Job<T>)> = long
+        .into_iter()
+        .map(|item| (cost(&item), Job::One(item)))
+        .collect();
+    if short.len() < GROUP_MIN_LANES {
+        jobs.extend(short.into_iter().map(|item| (cost(&item), Job::One(item))));
+    } else {
+        // As many full groups as possible: splitting one group between two threads costs
+        // more (a group of 8 lanes takes nearly as long as one of 16, and the helper must
+        // wake) than it saves.
+        let mut short = short.into_iter().peekable();
+        while short.peek().is_some() {
+            let group: Vec<T> = short.by_ref().take(lockstep::LANES).collect();
+            jobs.push((group.iter().map(cost).sum(), Job::Group(group)));
+        }
+    }
+    jobs.sort_by_key(|(cost, _)| Reverse(*cost));
+    jobs.into_iter().map(|(_, job)| job).collect()
+}
+
 fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     let mut losses = vec![0.0f64; problem.samples.len()];
-    let mut jobs: Vec<(usize, &mut f64)> = losses.iter_mut().enumerate().collect();
-    jobs.sort_by_key(|(n, _)| Reverse(problem.samples[*n].cost()));
-    for_each_job(jobs, total_work(problem, false), |(n, out)| {
-        *out = -F::with_workspace(|ws| dispatch::log_likelihood(&sample_ref(problem, n), ws));
+    let items: Vec<(usize, &mut f64)> = losses.iter_mut().enumerate().collect();
+    let work = total_work(problem, false);
+    let jobs = plan_jobs(problem, items, |(n, _)| *n);
+    let one =
+        |n: usize| -F::with_workspace(|ws| dispatch::log_likelihood(&sample_ref(problem, n), ws));
+    for_each_job(jobs, work, |job| match job {
+        Job::One((n, out)) => *out = one(n),
+        Job::Group(items) => {
+            let xs: Vec<SampleRef<'_, F>> =
+                items.iter().map(|(n, _)| sample_ref(problem, *n)).collect();
+            let done = F::with_group_workspace(|ws| dispatch::group_log_likelihood(&xs, ws));
+            for ((n, out), log_lik) in items.into_iter().zip(done) {
+                *out = match log_lik {
+                    Some(log_lik) => -log_lik,
+                    None => one(n),
+                };
+            }
+        }
     });
     CtcOutput::new(problem, losses, None)
 }
@@ -207,21 +282,45 @@ fn compute_with_grad<F: CpuFloat>(
         if problem.options.layout == Layout::Ntc {
             view.swap_axes(0, 1);
         }
-        let mut jobs: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = view
+        let items: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = view
             .axis_iter_mut(Axis(1))
             .zip(losses.iter_mut())
             .enumerate()
             .map(|(n, (rows, loss))| (n, rows, loss))
             .collect();
-        jobs.sort_by_key(|(n, _, _)| Reverse(problem.samples[*n].cost()));
-        for_each_job(jobs, total_work(problem, true), |(n, rows, loss)| {
-            let spec = GradSpec {
-                wrt: problem.options.grad_wrt,
-                scale: F::from_f64(scale_of(n)),
-                zero_infinity: problem.options.zero_infinity,
-            };
-            let x = sample_ref(problem, n);
-            *loss = -F::with_workspace(|ws| dispatch::log_likelihood_and_grad(&x, ws, rows, spec));
+        let work = total_work(problem, true);
+        let jobs = plan_jobs(problem, items, |(n, _, _)| *n);
+        let spec_of = |n: usize| GradSpec {
+            wrt: problem.options.grad_wrt,
+            scale: F::from_f64(scale_of(n)),
+            zero_infinity: problem.options.zero_infinity,
+        };
+        let one = |x: &SampleRef<'_, F>, rows: ArrayViewMut2<'_, F>, spec: GradSpec<F>| {
+            -F::with_workspace(|ws| dispatch::log_likelihood_and_grad(x, ws, rows, spec))
+        };
+        for_each_job(jobs, work, |job| match job {
+            Job::One((n, rows, loss)) => *loss = one(&sample_ref(problem, n), rows, spec_of(n)),
+            Job::Group(items) => {
+                let mut xs = Vec::with_capacity(items.len());
+                let mut specs = Vec::with_capacity(items.len());
+                let mut grads = Vec::with_capacity(items.len());
+                let mut outs = Vec::with_capacity(items.len());
+                for (n, rows, loss) in items {
+                    xs.push(sample_ref(problem, n));
+                    specs.push(spec_of(n));
+                    grads.push(rows);
+                    outs.push(loss);
+                }
+                let done = F::with_group_workspace(|ws| {
+                    dispatch::group_log_likelihood_and_grad(&xs, ws, &mut grads, &specs)
+                });
+                for (k, (out, log_lik)) in outs.into_iter().zip(done).enumerate() {
+                    *out = match log_lik {
+                        Some(log_lik) => -log_lik,
+                        None => one(&xs[k], grads[k].view_mut(), specs[k]),
+                    };
+                }
+            }
         });
     }
     CtcOutput::new(problem, losses, Some(grad))

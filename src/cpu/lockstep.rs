@@ -1,0 +1,568 @@
+//! Short samples side by side: one SIMD lane per sample.
+//!
+//! For short sequences the per-sample kernel (`lattice.rs`) spends as long on its per-frame
+//! fixed costs (loop set-up, remainder iterations, band bookkeeping) as on the lattice
+//! itself: a sample of 50 frames and 61 states is four vectors per row. Here a group of up
+//! to `LANES` samples runs in lockstep. Rows are state-major and lane-minor (state `s` of
+//! lane `k` at `s * LANES + k`), so every step of the recursion is whole vectors, and the
+//! same `combine3` as the per-sample kernel runs over them, with a state's neighbours
+//! `LANES` and `2 * LANES` elements away. Lanes of different lengths ride along: a lane
+//! past its last frame or label has zero emissions, so its values stay zero.
+//!
+//! Anything out of the ordinary (no frames, no possible alignment, a NaN or `+inf` read, an
+//! exhausted exponent budget, a zero likelihood) leaves the lane to the per-sample kernel,
+//! which owns those rules: the group reports the lane as not done and writes nothing of it.
+
+use ndarray::ArrayViewMut2;
+
+use super::fastmath::FastMath;
+use super::lattice::{
+    combine3, ensure_len, log_sum_exp, min_frames, reset, share, times, two_rows, GradSpec, Rows,
+    SampleRef, NORMALISE_EVERY,
+};
+use super::scaled::{add2, ln, Extended, Narrow, Wide};
+use crate::options::GradWrt;
+
+/// Samples per group: one AVX-512 vector of float32 mantissas.
+pub const LANES: usize = 16;
+
+/// Leading (forward) or trailing (backward) zero states, so `s - 2` and `s + 2` need no
+/// checks.
+const PAD: usize = 2;
+
+/// The buffers of a group's recursion in one lane type; every row is `LANES` wide per state.
+#[derive(Debug, Default)]
+pub struct GroupLanes<X: Extended> {
+    /// Forward table, frame-major: `states * LANES` values per frame.
+    table: Rows<X>,
+    /// Emissions of the blank and each label, per frame: `(labels + 1) * LANES` per frame
+    /// (the backward pass reads them again).
+    emissions: Rows<X>,
+    /// Two running forward rows with `PAD` leading zero states.
+    alpha: Rows<X>,
+    /// Two running backward rows with `PAD` trailing zero states.
+    beta: Rows<X>,
+    /// `beta[t+1] * emission[t+1]`, with `PAD` trailing zero states.
+    next_weighted: Rows<X>,
+    /// One frame's emissions per state.
+    emit: Rows<X>,
+    /// Per state and lane: whether the state may be entered from `s - 2` (see
+    /// `lattice::Lanes::skip`), with `PAD` trailing states.
+    skip: Rows<X>,
+    /// Occupancy of one frame per state and lane.
+    occupancy: Vec<X::M>,
+}
+
+/// Scratch memory of the lockstep kernel (one per worker thread).
+#[derive(Debug, Default)]
+pub struct GroupWorkspace<F> {
+    /// Per frame and lane: what is subtracted from the input (the logits' log-sum-exp).
+    log_norm: Vec<f64>,
+    /// One frame's input at the blank and each label, per lane, as read.
+    raw: Vec<F>,
+    /// The same minus the frame's norm.
+    values: Vec<f64>,
+    /// Where `raw` is read from: see `fill_offsets`.
+    offsets: Vec<isize>,
+    /// Occupancy per class of one lane's frame (length C, zero between uses).
+    class_total: Vec<f64>,
+    /// Each lane's blank and labels, each once (`class_spans` delimits them).
+    classes: Vec<usize>,
+    class_spans: Vec<(usize, usize)>,
+    wide: GroupLanes<Wide>,
+    narrow: GroupLanes<Narrow>,
+}
+
+/// One lane's progress.
+#[derive(Debug, Clone, Copy)]
+struct LaneState {
+    /// Still computed here (else left to the per-sample kernel).
+    live: bool,
+    /// Exponent budget used so far (see `Extended::INPUT_BUDGET`).
+    budget_used: f64,
+    log_lik: f64,
+}
+
+/// Whether a sample can run in a group at all (checked again per lane as the group runs).
+pub fn fits<F>(x: &SampleRef<'_, F>) -> bool {
+    x.input_len > 0 && x.input_len >= min_frames(x.labels)
+}
+
+/// Log-likelihoods of up to `LANES` samples; `None` for a lane left to the per-sample
+/// kernel.
+#[inline(always)]
+pub fn forward<F: FastMath>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+) -> Vec<Option<f64>> {
+    if F::NARROW {
+        let mut lanes = std::mem::take(&mut ws.narrow);
+        let out = run::<F, Narrow>(xs, ws, &mut lanes, None);
+        ws.narrow = lanes;
+        out
+    } else {
+        let mut lanes = std::mem::take(&mut ws.wide);
+        let out = run::<F, Wide>(xs, ws, &mut lanes, None);
+        ws.wide = lanes;
+        out
+    }
+}
+
+/// Log-likelihoods and gradient rows of up to `LANES` samples; `None` for a lane left to the
+/// per-sample kernel, whose rows are then untouched.
+#[inline(always)]
+pub fn forward_backward<F: FastMath>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    grads: &mut [ArrayViewMut2<'_, F>],
+    specs: &[GradSpec<F>],
+) -> Vec<Option<f64>> {
+    if F::NARROW {
+        let mut lanes = std::mem::take(&mut ws.narrow);
+        let out = run::<F, Narrow>(xs, ws, &mut lanes, Some((grads, specs)));
+        ws.narrow = lanes;
+        out
+    } else {
+        let mut lanes = std::mem::take(&mut ws.wide);
+        let out = run::<F, Wide>(xs, ws, &mut lanes, Some((grads, specs)));
+        ws.wide = lanes;
+        out
+    }
+}
+
+type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<F>])>;
+
+#[inline(always)]
+fn run<F: FastMath, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    lanes: &mut GroupLanes<X>,
+    grad: GradOut<'_, '_, F>,
+) -> Vec<Option<f64>> {
+    assert!(xs.len() <= LANES, "a group holds at most LANES samples");
+    let mut state: Vec<LaneState> = xs
+        .iter()
+        .map(|x| LaneState {
+            live: fits(x),
+            budget_used: 0.0,
+            log_lik: f64::NEG_INFINITY,
+        })
+        .collect();
+    let t_max = xs
+        .iter()
+        .zip(&state)
+        .filter(|(_, s)| s.live)
+        .map(|(x, _)| x.input_len)
+        .max()
+        .unwrap_or(0);
+    if t_max > 0 {
+        // Fixed for both passes (the table's layout), though lanes may drop out.
+        let labels = max_labels(xs, &state);
+        let keep_table = grad.is_some();
+        forward_pass::<F, X>(xs, ws, lanes, &mut state, t_max, labels, keep_table);
+        for s in state.iter_mut() {
+            // A zero likelihood (every path through a -inf emission) has the per-sample
+            // kernel's NaN / zero_infinity rules for its gradient.
+            s.live &= s.log_lik.is_finite();
+        }
+        if let Some(out) = grad {
+            if state.iter().any(|s| s.live) {
+                backward_pass::<F, X>(xs, ws, lanes, &state, t_max, labels, out);
+            }
+        }
+    }
+    state.iter().map(|s| s.live.then_some(s.log_lik)).collect()
+}
+
+/// The lowest state any live lane still running at frame `t` needs: below it no state can
+/// reach its lane's end in time (see `lattice::band`). It never decreases with `t`.
+fn band_floor<F>(xs: &[SampleRef<'_, F>], state: &[LaneState], t: usize) -> usize {
+    xs.iter()
+        .zip(state)
+        .filter(|(x, s)| s.live && x.input_len > t)
+        .map(|(x, _)| (2 * x.labels.len() + 1).saturating_sub(2 * (x.input_len - t)))
+        .min()
+        .unwrap_or(0)
+}
+
+/// The widest target in the group (live lanes).
+fn max_labels<F>(xs: &[SampleRef<'_, F>], state: &[LaneState]) -> usize {
+    xs.iter()
+        .zip(state)
+        .filter(|(_, s)| s.live)
+        .map(|(x, _)| x.labels.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Fills the skip mask of every lane: state `2j + 1` may be entered from `2j - 1` when
+/// label `j` differs from label `j - 1`.
+fn fill_skip<F, X: Extended>(xs: &[SampleRef<'_, F>], states: usize, skip: &mut Rows<X>) {
+    skip.reset((states + PAD) * LANES);
+    for (k, x) in xs.iter().enumerate() {
+        for j in 1..x.labels.len() {
+            if x.labels[j] != x.labels[j - 1] {
+                skip.m[(2 * j + 1) * LANES + k] = X::M_ONE;
+                skip.e[(2 * j + 1) * LANES + k] = X::E_ZERO;
+            }
+        }
+    }
+}
+
+/// Per lane, the element offsets of its blank and labels in a row of its input
+/// (`[blank, label_0, ...]`, lane-minor like the rows).
+fn fill_offsets<F>(xs: &[SampleRef<'_, F>], width: usize, offsets: &mut Vec<isize>) {
+    reset(offsets, width * LANES, 0);
+    for (k, x) in xs.iter().enumerate() {
+        let stride = x.log_probs.strides()[1];
+        let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
+        for (j, class) in classes.enumerate() {
+            // Validation guarantees it; `read_frame` relies on it.
+            assert!(class < x.log_probs.ncols());
+            offsets[j * LANES + k] = class as isize * stride;
+        }
+    }
+}
+
+/// Reads frame `t` of every live lane into `ws.values` (`[blank, label_0, ...]` per lane,
+/// minus the frame's norm; `-inf` for lanes past their end and labels past their target)
+/// and records the norm. A lane that reads a NaN or `+inf`, or runs out of exponent budget,
+/// stops being live.
+#[inline(always)]
+fn read_frame<F: FastMath, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    state: &mut [LaneState],
+    t: usize,
+    width: usize,
+) {
+    let raw = &mut ws.raw[..width * LANES];
+    raw.fill(F::from_f64(f64::NEG_INFINITY));
+    let mut norm = [0.0f64; LANES];
+    for (k, (x, lane)) in xs.iter().zip(state.iter()).enumerate() {
+        if !lane.live || t >= x.input_len {
+            continue;
+        }
+        let row = x.log_probs.row(t);
+        if x.logits {
+            norm[k] = log_sum_exp(row);
+        }
+        ws.log_norm[t * LANES + k] = norm[k];
+        let base = row.as_ptr();
+        for j in 0..=x.labels.len() {
+            // SAFETY: each offset is a class below the row's length times the row's stride
+            // (`fill_offsets` checks), so the element lies inside the array `row` views.
+            raw[j * LANES + k] = unsafe { *base.offset(ws.offsets[j * LANES + k]) };
+        }
+    }
+    // The checks, lane by lane in vectors: NaN or +inf, and the exponent budget used.
+    let mut finite = [true; LANES];
+    let mut span = [0.0f64; LANES];
+    let values = &mut ws.values[..width * LANES];
+    for (v_row, raw_row) in values.chunks_exact_mut(LANES).zip(raw.chunks_exact(LANES)) {
+        for k in 0..LANES {
+            let v = raw_row[k].to_f64() - norm[k];
+            v_row[k] = v;
+            finite[k] &= v < f64::INFINITY;
+            // -inf (an exact zero) uses no budget.
+            let distance = if v > f64::NEG_INFINITY { v.abs() } else { 0.0 };
+            span[k] = span[k].fmax(distance);
+        }
+    }
+    for (k, lane) in state.iter_mut().enumerate() {
+        if !lane.live || t >= xs[k].input_len {
+            continue;
+        }
+        let mut ok = finite[k];
+        if X::INPUT_BUDGET.is_finite() {
+            // Two per frame for the sums of three (as in `lattice::forward_in`).
+            lane.budget_used += span[k] * std::f64::consts::LOG2_E + 2.0;
+            ok &= lane.budget_used < X::INPUT_BUDGET;
+        }
+        if !ok {
+            lane.live = false;
+            for j in 0..width {
+                values[j * LANES + k] = f64::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Spreads one frame's emissions (`[blank, label_0, ...]` per lane) over states `lo..=hi`.
+#[inline(always)]
+fn expand<X: Extended>(em_m: &[X::M], em_e: &[X::E], lo: usize, hi: usize, emit: &mut Rows<X>) {
+    let (blank_m, blank_e) = (&em_m[..LANES], &em_e[..LANES]);
+    for s in lo..=hi {
+        let source = if s % 2 == 0 { 0 } else { s.div_ceil(2) };
+        let to = s * LANES..(s + 1) * LANES;
+        if source == 0 {
+            emit.m[to.clone()].copy_from_slice(blank_m);
+            emit.e[to].copy_from_slice(blank_e);
+        } else {
+            let from = source * LANES..(source + 1) * LANES;
+            emit.m[to.clone()].copy_from_slice(&em_m[from.clone()]);
+            emit.e[to].copy_from_slice(&em_e[from]);
+        }
+    }
+}
+
+#[inline(always)]
+fn forward_pass<F: FastMath, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    lanes: &mut GroupLanes<X>,
+    state: &mut [LaneState],
+    t_max: usize,
+    labels: usize,
+    keep_table: bool,
+) {
+    let width = labels + 1;
+    let states = 2 * labels + 1;
+    let row_len = (states + PAD) * LANES;
+    lanes.alpha.reset(2 * row_len);
+    lanes.emit.reset(states * LANES);
+    fill_skip(xs, states, &mut lanes.skip);
+    reset(&mut ws.values, width * LANES, 0.0);
+    reset(&mut ws.raw, width * LANES, F::ZERO);
+    fill_offsets(xs, width, &mut ws.offsets);
+    ensure_len(&mut ws.log_norm, t_max * LANES, 0.0);
+    let frames = if keep_table { t_max } else { 1 };
+    ensure_len(&mut lanes.emissions.m, frames * width * LANES, X::M_ZERO);
+    ensure_len(&mut lanes.emissions.e, frames * width * LANES, X::E_NONE);
+    if keep_table {
+        // Not cleared: the backward pass reads only states `0..=2t+1` of frame t, which this
+        // pass writes.
+        ensure_len(&mut lanes.table.m, t_max * states * LANES, X::M_ZERO);
+        ensure_len(&mut lanes.table.e, t_max * states * LANES, X::E_NONE);
+    }
+
+    for t in 0..t_max {
+        read_frame::<F, X>(xs, ws, state, t, width);
+        let slot = if keep_table { t } else { 0 } * width * LANES;
+        let em_m = &mut lanes.emissions.m[slot..slot + width * LANES];
+        let em_e = &mut lanes.emissions.e[slot..slot + width * LANES];
+        for ((m, e), &v) in em_m.iter_mut().zip(em_e.iter_mut()).zip(&ws.values) {
+            (*m, *e) = X::emission::<F>(v);
+        }
+        // The band: states above 2t + 1 are unreachable at frame t (and zero in the rows);
+        // below `lo` no live lane needs them, and the next frame does not read them (as in
+        // `lattice::forward_in`, the rows are reused without clearing).
+        let hi = (2 * t + 1).min(states - 1);
+        let lo = band_floor(xs, state, t).min(hi);
+        let (first, n) = (lo * LANES, (hi + 1 - lo) * LANES);
+        expand::<X>(em_m, em_e, lo, hi, &mut lanes.emit);
+        let (cur_m, prev_m) = two_rows(&mut lanes.alpha.m, t % 2, (t + 1) % 2, row_len);
+        let (cur_e, prev_e) = two_rows(&mut lanes.alpha.e, t % 2, (t + 1) % 2, row_len);
+        let out_m = &mut cur_m[PAD * LANES + first..PAD * LANES + first + n];
+        let out_e = &mut cur_e[PAD * LANES + first..PAD * LANES + first + n];
+        let emit = (
+            &lanes.emit.m[first..first + n],
+            &lanes.emit.e[first..first + n],
+        );
+        if t == 0 {
+            for i in 0..n {
+                (out_m[i], out_e[i]) = X::normalise(emit.0[i], emit.1[i]);
+            }
+        } else {
+            let at = |k: usize| {
+                let from = (PAD - k) * LANES + first;
+                (&prev_m[from..], &prev_e[from..])
+            };
+            let skip = (&lanes.skip.m[first..], &lanes.skip.e[first..]);
+            let renorm = t % NORMALISE_EVERY == 0;
+            combine3::<X>(
+                [at(0), at(1), at(2)],
+                skip,
+                Some(emit),
+                renorm,
+                out_m,
+                out_e,
+            );
+        }
+        if keep_table {
+            let row = t * states * LANES + first..t * states * LANES + first + n;
+            lanes.table.m[row.clone()].copy_from_slice(out_m);
+            lanes.table.e[row].copy_from_slice(out_e);
+        }
+        // Lanes that end at this frame: the likelihood is the sum of the last two states.
+        for (k, (x, lane)) in xs.iter().zip(state.iter_mut()).enumerate() {
+            if lane.live && x.input_len == t + 1 {
+                let last = 2 * x.labels.len();
+                let at = |s: usize| {
+                    let i = (PAD + s) * LANES + k;
+                    (X::m_to_f64(cur_m[i]), X::e_to_f64(cur_e[i]))
+                };
+                let (m, e) = if last > 0 {
+                    let ((m1, e1), (m2, e2)) = (at(last), at(last - 1));
+                    add2(m1, e1, m2, e2)
+                } else {
+                    at(0)
+                };
+                lane.log_lik = ln(m, e);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn backward_pass<F: FastMath, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    lanes: &mut GroupLanes<X>,
+    state: &[LaneState],
+    t_max: usize,
+    labels: usize,
+    (grads, specs): (&mut [ArrayViewMut2<'_, F>], &[GradSpec<F>]),
+) {
+    let width = labels + 1;
+    let states = 2 * labels + 1;
+    let row_len = (states + PAD) * LANES;
+    lanes.beta.reset(2 * row_len);
+    lanes.next_weighted.reset(row_len);
+    reset(&mut lanes.occupancy, states * LANES, X::M_ZERO);
+    let classes = xs.iter().map(|x| x.log_probs.ncols()).max().unwrap_or(0);
+    reset(&mut ws.class_total, classes, 0.0);
+    ws.classes.clear();
+    ws.class_spans.clear();
+    for x in xs {
+        let start = ws.classes.len();
+        ws.classes.push(x.blank);
+        ws.classes.extend(x.labels.iter().map(|&l| l as usize));
+        ws.classes[start..].sort_unstable();
+        let mut kept = start;
+        for i in start..ws.classes.len() {
+            if i == start || ws.classes[i] != ws.classes[kept - 1] {
+                ws.classes[kept] = ws.classes[i];
+                kept += 1;
+            }
+        }
+        ws.classes.truncate(kept);
+        ws.class_spans.push((start, kept));
+    }
+    // alpha * beta is at most the likelihood: each lane is shifted by its own exponent (see
+    // `lattice::forward_backward_in`).
+    let mut shift = [X::E_ZERO; LANES];
+    for (k, lane) in state.iter().enumerate() {
+        if lane.live {
+            shift[k] = X::e_from_f64(-(lane.log_lik * std::f64::consts::LOG2_E).round());
+        }
+    }
+
+    for t in (0..t_max).rev() {
+        let (cur_m, next_m) = two_rows(&mut lanes.beta.m, t % 2, (t + 1) % 2, row_len);
+        let (cur_e, next_e) = two_rows(&mut lanes.beta.e, t % 2, (t + 1) % 2, row_len);
+        // The band: states above 2t + 1 are unreachable at frame t (zero occupancy), and
+        // frame t - 1 reads beta[t] only up to 2t + 1; below `lo` beta is zero for every
+        // lane still running. Going back in time `lo` only decreases, so below it the rows
+        // are still zero from the reset.
+        let hi = (2 * t + 1).min(states - 1);
+        let lo = band_floor(xs, state, t).min(hi);
+        let (first, n) = (lo * LANES, (hi + 1 - lo) * LANES);
+        if t + 1 < t_max {
+            // lanes.emit holds frame t+1's emissions on its band; frame t reads states up to
+            // hi(t) + 2 = hi(t+1) (or the zero pads past the last state).
+            let end = ((2 * t + 3).min(states - 1) + 1) * LANES;
+            let w = &mut lanes.next_weighted;
+            let (w_m, w_e) = (&mut w.m[first..end], &mut w.e[first..end]);
+            let (n_m, n_e) = (&next_m[first..end], &next_e[first..end]);
+            let (y_m, y_e) = (&lanes.emit.m[first..end], &lanes.emit.e[first..end]);
+            for i in 0..end - first {
+                (w_m[i], w_e[i]) = times::<X>(n_m[i], n_e[i], y_m[i], y_e[i]);
+            }
+            let at = |k: usize| (&w.m[first + k * LANES..], &w.e[first + k * LANES..]);
+            let skip = (
+                &lanes.skip.m[first + 2 * LANES..],
+                &lanes.skip.e[first + 2 * LANES..],
+            );
+            let renorm = t % NORMALISE_EVERY == 0;
+            let (out_m, out_e) = (&mut cur_m[first..first + n], &mut cur_e[first..first + n]);
+            combine3::<X>([at(0), at(1), at(2)], skip, None, renorm, out_m, out_e);
+        }
+        // Lanes whose last frame this is start from their last two states.
+        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+            if lane.live && x.input_len == t + 1 {
+                let last = 2 * x.labels.len();
+                for s in last.saturating_sub(1)..=last {
+                    cur_m[s * LANES + k] = X::M_ONE;
+                    cur_e[s * LANES + k] = X::E_ZERO;
+                }
+            }
+        }
+
+        // Occupancy of frame t over the reachable states, per lane.
+        let row = t * states * LANES;
+        let alpha_m = &lanes.table.m[row + first..row + first + n];
+        let alpha_e = &lanes.table.e[row + first..row + first + n];
+        let occ = &mut lanes.occupancy[first..first + n];
+        let mut total = [X::M_ZERO; LANES];
+        let mut blank = [X::M_ZERO; LANES];
+        let per_state = alpha_m
+            .chunks_exact(LANES)
+            .zip(alpha_e.chunks_exact(LANES))
+            .zip(cur_m[first..first + n].chunks_exact(LANES))
+            .zip(cur_e[first..first + n].chunks_exact(LANES))
+            .zip(occ.chunks_exact_mut(LANES));
+        for (s, ((((a_m, a_e), b_m), b_e), o)) in (lo..).zip(per_state) {
+            for k in 0..LANES {
+                // Zeros' exponents raised to E_NONE, so that the sum cannot wrap.
+                let e_a = X::e_max(a_e[k], X::E_NONE);
+                let e_b = X::e_max(b_e[k], X::E_NONE);
+                let e = X::e_add(X::e_add(e_a, e_b), shift[k]);
+                o[k] = a_m[k] * b_m[k] * X::pow2(e);
+                total[k] = total[k] + o[k];
+            }
+            if s % 2 == 0 {
+                for k in 0..LANES {
+                    blank[k] = blank[k] + o[k];
+                }
+            }
+        }
+
+        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+            if !lane.live || t >= x.input_len {
+                continue;
+            }
+            let spec = specs[k];
+            let scale = spec.scale.to_f64();
+            let total = X::m_to_f64(total[k]);
+            let inv_total = 1.0 / total;
+            let mut row = grads[k].row_mut(t);
+            if spec.wrt == GradWrt::Logits {
+                // softmax of the input row, as in `lattice::forward_backward_in`.
+                let lp = x.log_probs.row(t);
+                let shift = F::from_f64(ws.log_norm[t * LANES + k]);
+                for (g, &v) in row.iter_mut().zip(lp.iter()) {
+                    *g = (v - shift).fast_exp() * spec.scale;
+                }
+            }
+            let acc = &mut ws.class_total;
+            acc[x.blank] = X::m_to_f64(blank[k]);
+            // Label j is state 2j + 1.
+            let occ = &lanes.occupancy;
+            for j in lo / 2..hi.div_ceil(2).min(x.labels.len()) {
+                acc[x.labels[j] as usize] += X::m_to_f64(occ[(2 * j + 1) * LANES + k]);
+            }
+            let (start, end) = ws.class_spans[k];
+            for &class in &ws.classes[start..end] {
+                let g = F::from_f64(-share(acc[class], total, inv_total) * scale);
+                match spec.wrt {
+                    GradWrt::LogProbs => row[class] = g,
+                    GradWrt::Logits => row[class] += g,
+                }
+                acc[class] = 0.0;
+            }
+        }
+
+        // Emissions of frame t, for beta[t-1].
+        if t > 0 {
+            let slot = t * width * LANES..(t + 1) * width * LANES;
+            expand::<X>(
+                &lanes.emissions.m[slot.clone()],
+                &lanes.emissions.e[slot],
+                lo,
+                hi,
+                &mut lanes.emit,
+            );
+        }
+    }
+}
