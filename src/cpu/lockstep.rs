@@ -51,6 +51,8 @@ pub struct GroupLanes<X: Extended> {
     skip: Rows<X>,
     /// Occupancy of one frame per state and lane.
     occupancy: Vec<X::M>,
+    /// One frame's input at the blank and each label, per lane, minus the frame's norm.
+    values: Vec<X::M>,
 }
 
 /// Scratch memory of the lockstep kernel (one per worker thread).
@@ -60,10 +62,9 @@ pub struct GroupWorkspace<F> {
     log_norm: Vec<f64>,
     /// One frame's input at the blank and each label, per lane, as read.
     raw: Vec<F>,
-    /// The same minus the frame's norm.
-    values: Vec<f64>,
-    /// Where `raw` is read from: see `fill_offsets`.
+    /// Where `raw` is read from, and which of its slots exist: see `fill_offsets`.
     offsets: Vec<isize>,
+    present: Vec<bool>,
     /// Occupancy per class of one lane's frame (length C, zero between uses).
     class_total: Vec<f64>,
     /// Each lane's blank and labels, each once (`class_spans` delimits them).
@@ -209,71 +210,108 @@ fn fill_skip<F, X: Extended>(xs: &[SampleRef<'_, F>], states: usize, skip: &mut 
     }
 }
 
-/// Per lane, the element offsets of its blank and labels in a row of its input
-/// (`[blank, label_0, ...]`, lane-minor like the rows).
-fn fill_offsets<F>(xs: &[SampleRef<'_, F>], width: usize, offsets: &mut Vec<isize>) {
+/// Per lane and slot of `[blank, label_0, ...]`: the element offset of its class in a row
+/// of the lane's input, and whether the slot exists (a lane of the group with that many
+/// labels). Missing slots read the lane's blank, and lanes past the group's samples read
+/// lane 0's, so that the gather needs no branches.
+fn fill_offsets<F>(
+    xs: &[SampleRef<'_, F>],
+    width: usize,
+    offsets: &mut Vec<isize>,
+    present: &mut Vec<bool>,
+) {
     reset(offsets, width * LANES, 0);
+    reset(present, width * LANES, false);
     for (k, x) in xs.iter().enumerate() {
         let stride = x.log_probs.strides()[1];
-        let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
-        for (j, class) in classes.enumerate() {
-            // Validation guarantees it; `read_frame` relies on it.
-            assert!(class < x.log_probs.ncols());
-            offsets[j * LANES + k] = class as isize * stride;
+        // Validation guarantees it; `read_frame` relies on it.
+        assert!(x.blank < x.log_probs.ncols());
+        let blank = x.blank as isize * stride;
+        for j in 0..width {
+            offsets[j * LANES + k] = blank;
+        }
+        for (j, &label) in x.labels.iter().enumerate() {
+            assert!((label as usize) < x.log_probs.ncols());
+            offsets[(j + 1) * LANES + k] = label as isize * stride;
+        }
+        for j in 0..=x.labels.len() {
+            present[j * LANES + k] = true;
+        }
+    }
+    for j in 0..width {
+        for k in xs.len()..LANES {
+            offsets[j * LANES + k] = offsets[j * LANES];
         }
     }
 }
 
-/// Reads frame `t` of every live lane into `ws.values` (`[blank, label_0, ...]` per lane,
-/// minus the frame's norm; `-inf` for lanes past their end and labels past their target)
-/// and records the norm. A lane that reads a NaN or `+inf`, or runs out of exponent budget,
-/// stops being live.
+/// Reads frame `t` of every lane into `lanes.values` (`[blank, label_0, ...]` per lane,
+/// minus the frame's norm, rounded to the mantissa type; `-inf` for lanes past their end,
+/// lanes no longer live and labels past a lane's target) and records the norms. A lane
+/// that reads a NaN or `+inf`, or runs out of exponent budget, stops being live.
 #[inline(always)]
 fn read_frame<F: FastMath, X: Extended>(
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
+    lanes: &mut GroupLanes<X>,
     state: &mut [LaneState],
     t: usize,
     width: usize,
 ) {
-    let raw = &mut ws.raw[..width * LANES];
-    raw.fill(F::from_f64(f64::NEG_INFINITY));
     let mut norm = [0.0f64; LANES];
+    let mut reading = [false; LANES];
+    // Row t of each lane (frames up to the group's longest input exist in every lane's
+    // view: they are the same (T, N, C) array).
+    let mut rows = [xs[0].log_probs.row(t).as_ptr(); LANES];
     for (k, (x, lane)) in xs.iter().zip(state.iter()).enumerate() {
-        if !lane.live || t >= x.input_len {
-            continue;
-        }
         let row = x.log_probs.row(t);
-        if x.logits {
+        rows[k] = row.as_ptr();
+        reading[k] = lane.live && t < x.input_len;
+        if reading[k] && x.logits {
             norm[k] = log_sum_exp(row);
         }
         ws.log_norm[t * LANES + k] = norm[k];
-        let base = row.as_ptr();
-        for j in 0..=x.labels.len() {
-            // SAFETY: each offset is a class below the row's length times the row's stride
-            // (`fill_offsets` checks), so the element lies inside the array `row` views.
-            raw[j * LANES + k] = unsafe { *base.offset(ws.offsets[j * LANES + k]) };
+    }
+    // The gather: one branch-free pass over every slot of every lane.
+    let raw = &mut ws.raw[..width * LANES];
+    for (raw_row, offset_row) in raw
+        .chunks_exact_mut(LANES)
+        .zip(ws.offsets.chunks_exact(LANES))
+    {
+        for k in 0..LANES {
+            // SAFETY: `rows[k]` is row t of lane k's (or lane 0's) view, and each offset is
+            // a class below the row's length times the row's stride (`fill_offsets`
+            // checks), so the element lies inside the array that row views.
+            raw_row[k] = unsafe { *rows[k].offset(offset_row[k]) };
         }
     }
-    // The checks, lane by lane in vectors: NaN or +inf, and the exponent budget used.
-    let mut finite = [true; LANES];
+    // The checks, in vectors: a NaN or +inf read, and the exponent budget used.
+    let mut poison = [0.0f64; LANES];
     let mut span = [0.0f64; LANES];
-    let values = &mut ws.values[..width * LANES];
-    for (v_row, raw_row) in values.chunks_exact_mut(LANES).zip(raw.chunks_exact(LANES)) {
+    let values = &mut lanes.values[..width * LANES];
+    let slots = values
+        .chunks_exact_mut(LANES)
+        .zip(raw.chunks_exact(LANES))
+        .zip(ws.present.chunks_exact(LANES));
+    for ((v_row, raw_row), present_row) in slots {
         for k in 0..LANES {
-            let v = raw_row[k].to_f64() - norm[k];
-            v_row[k] = v;
-            finite[k] &= v < f64::INFINITY;
-            // -inf (an exact zero) uses no budget.
-            let distance = if v > f64::NEG_INFINITY { v.abs() } else { 0.0 };
-            span[k] = span[k].fmax(distance);
+            let v = if present_row[k] & reading[k] {
+                raw_row[k].to_f64() - norm[k]
+            } else {
+                f64::NEG_INFINITY
+            };
+            // -inf (an exact zero) uses no budget; NaN and +inf make `poison` NaN.
+            let x = if v == f64::NEG_INFINITY { 0.0 } else { v };
+            poison[k] += x * 0.0;
+            span[k] = span[k].fmax(x.abs());
+            v_row[k] = X::m_from_f64(v);
         }
     }
     for (k, lane) in state.iter_mut().enumerate() {
-        if !lane.live || t >= xs[k].input_len {
+        if !reading[k] {
             continue;
         }
-        let mut ok = finite[k];
+        let mut ok = poison[k] == 0.0;
         if X::INPUT_BUDGET.is_finite() {
             // Two per frame for the sums of three (as in `lattice::forward_in`).
             lane.budget_used += span[k] * std::f64::consts::LOG2_E + 2.0;
@@ -282,7 +320,7 @@ fn read_frame<F: FastMath, X: Extended>(
         if !ok {
             lane.live = false;
             for j in 0..width {
-                values[j * LANES + k] = f64::NEG_INFINITY;
+                values[j * LANES + k] = X::m_from_f64(f64::NEG_INFINITY);
             }
         }
     }
@@ -322,9 +360,9 @@ fn forward_pass<F: FastMath, X: Extended>(
     lanes.alpha.reset(2 * row_len);
     lanes.emit.reset(states * LANES);
     fill_skip(xs, states, &mut lanes.skip);
-    reset(&mut ws.values, width * LANES, 0.0);
+    reset(&mut lanes.values, width * LANES, X::M_ZERO);
     reset(&mut ws.raw, width * LANES, F::ZERO);
-    fill_offsets(xs, width, &mut ws.offsets);
+    fill_offsets(xs, width, &mut ws.offsets, &mut ws.present);
     ensure_len(&mut ws.log_norm, t_max * LANES, 0.0);
     let frames = if keep_table { t_max } else { 1 };
     ensure_len(&mut lanes.emissions.m, frames * width * LANES, X::M_ZERO);
@@ -337,12 +375,12 @@ fn forward_pass<F: FastMath, X: Extended>(
     }
 
     for t in 0..t_max {
-        read_frame::<F, X>(xs, ws, state, t, width);
+        read_frame::<F, X>(xs, ws, lanes, state, t, width);
         let slot = if keep_table { t } else { 0 } * width * LANES;
         let em_m = &mut lanes.emissions.m[slot..slot + width * LANES];
         let em_e = &mut lanes.emissions.e[slot..slot + width * LANES];
-        for ((m, e), &v) in em_m.iter_mut().zip(em_e.iter_mut()).zip(&ws.values) {
-            (*m, *e) = X::emission::<F>(v);
+        for ((m, e), &v) in em_m.iter_mut().zip(em_e.iter_mut()).zip(&lanes.values) {
+            (*m, *e) = X::emission_of_m::<F>(v);
         }
         // The band: states above 2t + 1 are unreachable at frame t (and zero in the rows);
         // below `lo` no live lane needs them, and the next frame does not read them (as in
@@ -535,21 +573,41 @@ fn backward_pass<F: FastMath, X: Extended>(
                     *g = (v - shift).fast_exp() * spec.scale;
                 }
             }
-            let acc = &mut ws.class_total;
+            // Sum the occupancy per class, then touch each class of the row once (see
+            // `lattice::forward_backward_in`).
+            let acc: &mut [f64] = &mut ws.class_total;
             acc[x.blank] = X::m_to_f64(blank[k]);
             // Label j is state 2j + 1.
             let occ = &lanes.occupancy;
-            for j in lo / 2..hi.div_ceil(2).min(x.labels.len()) {
+            let end = hi.div_ceil(2).min(x.labels.len());
+            for j in (lo / 2).min(end)..end {
                 acc[x.labels[j] as usize] += X::m_to_f64(occ[(2 * j + 1) * LANES + k]);
             }
             let (start, end) = ws.class_spans[k];
-            for &class in &ws.classes[start..end] {
-                let g = F::from_f64(-share(acc[class], total, inv_total) * scale);
-                match spec.wrt {
-                    GradWrt::LogProbs => row[class] = g,
-                    GradWrt::Logits => row[class] += g,
-                }
-                acc[class] = 0.0;
+            let classes = &ws.classes[start..end];
+            macro_rules! write_classes {
+                ($out:expr) => {
+                    match spec.wrt {
+                        GradWrt::LogProbs => {
+                            for &class in classes {
+                                $out[class] =
+                                    F::from_f64(-share(acc[class], total, inv_total) * scale);
+                                acc[class] = 0.0;
+                            }
+                        }
+                        GradWrt::Logits => {
+                            for &class in classes {
+                                $out[class] +=
+                                    F::from_f64(-share(acc[class], total, inv_total) * scale);
+                                acc[class] = 0.0;
+                            }
+                        }
+                    }
+                };
+            }
+            match row.as_slice_mut() {
+                Some(out) => write_classes!(out),
+                None => write_classes!(row),
             }
         }
 

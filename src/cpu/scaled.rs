@@ -129,6 +129,9 @@ pub trait Extended: 'static {
     /// `exp(x)` (`x` a log-probability: finite within the budget, or `-inf`) as a pair, with
     /// the precision policy of the input type `F`.
     fn emission<F: super::fastmath::FastMath>(x: f64) -> (Self::M, Self::E);
+    /// `emission` of a log-probability already rounded to the mantissa type (so that a
+    /// loop over float32 lanes stays in float32 vectors).
+    fn emission_of_m<F: super::fastmath::FastMath>(x: Self::M) -> (Self::M, Self::E);
 }
 
 /// Float64 mantissas and exponents: any input, float64 precision.
@@ -181,6 +184,10 @@ impl Extended for Wide {
     }
     #[inline(always)]
     fn emission<F: super::fastmath::FastMath>(x: f64) -> (f64, f64) {
+        F::lattice_exp_parts(x)
+    }
+    #[inline(always)]
+    fn emission_of_m<F: super::fastmath::FastMath>(x: f64) -> (f64, f64) {
         F::lattice_exp_parts(x)
     }
 }
@@ -262,6 +269,10 @@ impl Extended for Narrow {
     #[inline(always)]
     fn emission<F: super::fastmath::FastMath>(x: f64) -> (f32, i32) {
         exp_parts_f32(x as f32)
+    }
+    #[inline(always)]
+    fn emission_of_m<F: super::fastmath::FastMath>(x: f32) -> (f32, i32) {
+        exp_parts_f32(x)
     }
 }
 
