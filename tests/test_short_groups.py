@@ -3,7 +3,7 @@
 Every test here compares with the float64 reference. A group holds samples of different
 lengths, and lanes that must leave it for the per-sample kernel (no frames, no possible
 alignment, a NaN read, a zero likelihood, an exhausted float32 exponent budget); a batch of
-more than 16 short samples makes several groups, and long samples (more than 79 states)
+more than 16 short samples makes several groups, and long samples (more than 129 states)
 run one by one in the same call.
 """
 
@@ -94,12 +94,12 @@ def test_lanes_that_leave_the_group(dtype, zero_infinity):
 
 
 def test_short_and_long_samples_in_one_batch():
-    """Short samples run in groups and long ones (more than 79 states, GROUP_MAX_STATES in
+    """Short samples run in groups and long ones (more than 129 states, GROUP_MAX_STATES in
     src/cpu/mod.rs) one by one, in the same call."""
     rng = np.random.default_rng(23)
     case = make_case(rng, 200, 24, 10, 90, min_input_length=190)
     states = 2 * case.target_lengths + 1
-    assert np.sum(states <= 79) >= 2 and np.any(states > 79)
+    assert np.sum(states <= 129) >= 2 and np.any(states > 129)
     check(case, case.log_probs, np.float32)
 
 

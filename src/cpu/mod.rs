@@ -188,10 +188,10 @@ pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
 
 /// Samples with at most this many lattice states run side by side, `lockstep::LANES` at a
 /// time (see `lockstep.rs`): for them the per-sample kernel's per-frame costs outweigh its
-/// band.
-/// Measured on AVX-512: from about 81 states the group's rows outgrow the L1 cache, and the
-/// per-sample kernel is as fast or faster.
-const GROUP_MAX_STATES: usize = 79;
+/// band. Measured on AVX-512 (1 thread, forward+backward): groups are 1.3-2.5x faster up to
+/// 129 states at 100-400 frames, and slower from about 200 states (the group's rows outgrow
+/// the L1 cache, its forward table the L2).
+const GROUP_MAX_STATES: usize = 129;
 /// Fewer short samples than this run one by one: a group costs its full width of vectors
 /// whatever its number of lanes.
 const GROUP_MIN_LANES: usize = 2;
