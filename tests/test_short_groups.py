@@ -56,11 +56,13 @@ def check(
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("grad_wrt", ["log_probs", "logits"])
 @pytest.mark.parametrize("input_kind", ["log_probs", "logits"])
-def test_groups_of_varied_lengths(dtype, grad_wrt, input_kind):
+@pytest.mark.parametrize("num_classes", [12, 300])
+def test_groups_of_varied_lengths(dtype, grad_wrt, input_kind, num_classes):
     """40 short samples of lengths 0..60 frames and 0..30 labels: two full groups and a
-    partial one, with infeasible and empty targets among them."""
+    partial one, with infeasible and empty targets among them. With 300 classes the group
+    prefetches its input rows (float32) or runs one by one (float64: rows over 2 KiB)."""
     rng = np.random.default_rng(21)
-    case = make_case(rng, 60, 40, 12, 30, feasible=False)
+    case = make_case(rng, 60, 40, num_classes, 30, feasible=False)
     log_probs = case.log_probs
     if input_kind == "logits":
         log_probs = log_probs + rng.normal(scale=3.0, size=(60, 40, 1))

@@ -26,6 +26,12 @@ use crate::options::GradWrt;
 /// Samples per group: one AVX-512 vector of float32 mantissas.
 pub const LANES: usize = 16;
 
+/// Cache line size assumed for prefetching.
+const LINE: usize = 64;
+/// Input rows up to this size are not prefetched: the group reads them every frame, so
+/// they stay cached.
+const PREFETCH_ROW_BYTES: usize = 8 * LINE;
+
 /// Leading (forward) or trailing (backward) zero states, so `s - 2` and `s + 2` need no
 /// checks.
 const PAD: usize = 2;
@@ -67,9 +73,12 @@ pub struct GroupWorkspace<F> {
     present: Vec<bool>,
     /// Occupancy per class of one lane's frame (length C, zero between uses).
     class_total: Vec<f64>,
-    /// Each lane's blank and labels, each once (`class_spans` delimits them).
+    /// Each lane's blank and labels, each once, and the cache lines holding them (see
+    /// `fill_classes`).
     classes: Vec<usize>,
     class_spans: Vec<(usize, usize)>,
+    lines: Vec<isize>,
+    line_spans: Vec<(usize, usize)>,
     wide: GroupLanes<Wide>,
     narrow: GroupLanes<Narrow>,
 }
@@ -160,6 +169,7 @@ fn run<F: FastMath, X: Extended>(
         // Fixed for both passes (the table's layout), though lanes may drop out.
         let labels = max_labels(xs, &state);
         let keep_table = grad.is_some();
+        fill_classes(xs, ws);
         forward_pass::<F, X>(xs, ws, lanes, &mut state, t_max, labels, keep_table);
         for s in state.iter_mut() {
             // A zero likelihood (every path through a -inf emission) has the per-sample
@@ -173,6 +183,79 @@ fn run<F: FastMath, X: Extended>(
         }
     }
     state.iter().map(|s| s.live.then_some(s.log_lik)).collect()
+}
+
+/// Each lane's blank and labels, each once in increasing order (`ws.classes`, delimited by
+/// `ws.class_spans`), and the byte offsets of the input row's cache lines holding them
+/// (`ws.lines`, delimited by `ws.line_spans`; none when rows are not contiguous or fit in
+/// a few lines, which stay cached).
+fn fill_classes<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
+    ws.classes.clear();
+    ws.class_spans.clear();
+    ws.lines.clear();
+    ws.line_spans.clear();
+    for x in xs {
+        let start = ws.classes.len();
+        ws.classes.push(x.blank);
+        ws.classes.extend(x.labels.iter().map(|&l| l as usize));
+        ws.classes[start..].sort_unstable();
+        let mut kept = start;
+        for i in start..ws.classes.len() {
+            if i == start || ws.classes[i] != ws.classes[kept - 1] {
+                ws.classes[kept] = ws.classes[i];
+                kept += 1;
+            }
+        }
+        ws.classes.truncate(kept);
+        ws.class_spans.push((start, kept));
+
+        let line_start = ws.lines.len();
+        let row_bytes = x.log_probs.ncols() * std::mem::size_of::<F>();
+        if x.log_probs.strides()[1] == 1 && row_bytes > PREFETCH_ROW_BYTES {
+            for &class in &ws.classes[start..kept] {
+                let line = (class * std::mem::size_of::<F>() / LINE * LINE) as isize;
+                if ws.lines.len() == line_start || ws.lines.last() != Some(&line) {
+                    ws.lines.push(line);
+                }
+            }
+        }
+        ws.line_spans.push((line_start, ws.lines.len()));
+    }
+}
+
+/// Asks the CPU to start loading the lines of frame `t` that each lane reads (see
+/// `lattice::prefetch_frame`): with a large vocabulary each read would otherwise wait for
+/// memory.
+#[inline(always)]
+fn prefetch_frame<F>(
+    xs: &[SampleRef<'_, F>],
+    ws: &GroupWorkspace<F>,
+    state: &[LaneState],
+    t: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+            let (start, end) = ws.line_spans[k];
+            if !lane.live || t >= x.input_len || start == end {
+                continue;
+            }
+            let base = x.log_probs.row(t).as_ptr() as *const i8;
+            for &line in &ws.lines[start..end] {
+                // SAFETY: prefetching has no architectural effect; the address lies inside
+                // the row (offsets of valid classes rounded down to a line).
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        base.offset(line),
+                    )
+                };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xs, ws, state, t);
+    }
 }
 
 /// The lowest state any live lane still running at frame `t` needs: below it no state can
@@ -375,6 +458,9 @@ fn forward_pass<F: FastMath, X: Extended>(
     }
 
     for t in 0..t_max {
+        if t + 1 < t_max {
+            prefetch_frame(xs, ws, state, t + 1);
+        }
         read_frame::<F, X>(xs, ws, lanes, state, t, width);
         let slot = if keep_table { t } else { 0 } * width * LANES;
         let em_m = &mut lanes.emissions.m[slot..slot + width * LANES];
@@ -460,23 +546,7 @@ fn backward_pass<F: FastMath, X: Extended>(
     reset(&mut lanes.occupancy, states * LANES, X::M_ZERO);
     let classes = xs.iter().map(|x| x.log_probs.ncols()).max().unwrap_or(0);
     reset(&mut ws.class_total, classes, 0.0);
-    ws.classes.clear();
-    ws.class_spans.clear();
-    for x in xs {
-        let start = ws.classes.len();
-        ws.classes.push(x.blank);
-        ws.classes.extend(x.labels.iter().map(|&l| l as usize));
-        ws.classes[start..].sort_unstable();
-        let mut kept = start;
-        for i in start..ws.classes.len() {
-            if i == start || ws.classes[i] != ws.classes[kept - 1] {
-                ws.classes[kept] = ws.classes[i];
-                kept += 1;
-            }
-        }
-        ws.classes.truncate(kept);
-        ws.class_spans.push((start, kept));
-    }
+    // ws.classes was filled by `fill_classes`.
     // alpha * beta is at most the likelihood: each lane is shifted by its own exponent (see
     // `lattice::forward_backward_in`).
     let mut shift = [X::E_ZERO; LANES];
@@ -569,8 +639,17 @@ fn backward_pass<F: FastMath, X: Extended>(
                 // softmax of the input row, as in `lattice::forward_backward_in`.
                 let lp = x.log_probs.row(t);
                 let shift = F::from_f64(ws.log_norm[t * LANES + k]);
-                for (g, &v) in row.iter_mut().zip(lp.iter()) {
-                    *g = (v - shift).fast_exp() * spec.scale;
+                match (row.as_slice_mut(), lp.as_slice()) {
+                    (Some(out), Some(lp)) => {
+                        for (g, &v) in out.iter_mut().zip(lp) {
+                            *g = (v - shift).fast_exp() * spec.scale;
+                        }
+                    }
+                    _ => {
+                        for (g, &v) in row.iter_mut().zip(lp.iter()) {
+                            *g = (v - shift).fast_exp() * spec.scale;
+                        }
+                    }
                 }
             }
             // Sum the occupancy per class, then touch each class of the row once (see

@@ -192,6 +192,10 @@ pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
 /// 129 states at 100-400 frames, and slower from about 200 states (the group's rows outgrow
 /// the L1 cache, its forward table the L2).
 const GROUP_MAX_STATES: usize = 129;
+/// Samples whose input rows are longer than this run one by one: their scattered reads
+/// wait on memory, and one thread per sample keeps more of them in flight than one thread
+/// per group (large vocabulary forward at 2 threads: 0.78 ms in a group, 0.4 one by one).
+const GROUP_MAX_ROW_BYTES: usize = 2048;
 /// Fewer short samples than this run one by one: a group costs its full width of vectors
 /// whatever its number of lanes.
 const GROUP_MIN_LANES: usize = 2;
@@ -214,7 +218,9 @@ fn plan_jobs<F: Real, T>(
     items.sort_by_key(|item| Reverse(cost(item)));
     let (short, long): (Vec<T>, Vec<T>) = items.into_iter().partition(|item| {
         let x = sample_ref(problem, sample_of(item));
-        2 * x.labels.len() < GROUP_MAX_STATES && lockstep::fits(&x)
+        2 * x.labels.len() < GROUP_MAX_STATES
+            && x.log_probs.ncols() * std::mem::size_of::<F>() <= GROUP_MAX_ROW_BYTES
+            && lockstep::fits(&x)
     });
     let mut jobs: Vec<(usize, Job<T>)> = long
         .into_iter()
