@@ -17,7 +17,7 @@ use ndarray::ArrayViewMut2;
 
 use super::fastmath::FastMath;
 use super::lattice::{
-    combine3, ensure_len, log_sum_exp, min_frames, reset, share, times, two_rows, GradSpec, Rows,
+    combine3, ensure_len, log_sum_exp, min_frames, reset, times, two_rows, GradSpec, Rows,
     SampleRef, NORMALISE_EVERY,
 };
 use super::scaled::{add2, ln, Extended, Narrow, Wide};
@@ -71,8 +71,6 @@ pub struct GroupWorkspace<F> {
     /// Where `raw` is read from, and which of its slots exist: see `fill_offsets`.
     offsets: Vec<isize>,
     present: Vec<bool>,
-    /// Occupancy per class of one lane's frame (length C, zero between uses).
-    class_total: Vec<f64>,
     /// Each lane's blank and labels, each once, and the cache lines holding them (see
     /// `fill_classes`).
     classes: Vec<usize>,
@@ -544,9 +542,6 @@ fn backward_pass<F: FastMath, X: Extended>(
     lanes.beta.reset(2 * row_len);
     lanes.next_weighted.reset(row_len);
     reset(&mut lanes.occupancy, states * LANES, X::M_ZERO);
-    let classes = xs.iter().map(|x| x.log_probs.ncols()).max().unwrap_or(0);
-    reset(&mut ws.class_total, classes, 0.0);
-    // ws.classes was filled by `fill_classes`.
     // alpha * beta is at most the likelihood: each lane is shifted by its own exponent (see
     // `lattice::forward_backward_in`).
     let mut shift = [X::E_ZERO; LANES];
@@ -626,67 +621,73 @@ fn backward_pass<F: FastMath, X: Extended>(
             }
         }
 
+        // The gradient of lane k at a state is its occupancy times -scale / total: every
+        // label state's share, in vectors, then one scattered add per label and lane. A
+        // state holding the whole frame gets exactly -scale (`x * (1/x)` can miss 1).
+        let mut factor = [X::M_ZERO; LANES];
+        let mut whole = [X::M_ZERO; LANES];
+        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+            if lane.live && t < x.input_len {
+                let scale = specs[k].scale.to_f64();
+                factor[k] = X::m_from_f64(-scale / X::m_to_f64(total[k]));
+                whole[k] = X::m_from_f64(-scale);
+            }
+        }
+        let share = |o: X::M, k: usize| {
+            if o == total[k] {
+                whole[k]
+            } else {
+                o * factor[k]
+            }
+        };
+        let first_label = lo | 1;
+        if first_label <= hi {
+            let label_states = &mut lanes.occupancy[first_label * LANES..(hi + 1) * LANES];
+            for o in label_states.chunks_exact_mut(2 * LANES) {
+                for (k, o) in o[..LANES].iter_mut().enumerate() {
+                    *o = share(*o, k);
+                }
+            }
+            let last = label_states.chunks_exact_mut(2 * LANES).into_remainder();
+            for (k, o) in last.iter_mut().enumerate() {
+                *o = share(*o, k);
+            }
+        }
+        let occ = &lanes.occupancy;
         for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
             if !lane.live || t >= x.input_len {
                 continue;
             }
             let spec = specs[k];
-            let scale = spec.scale.to_f64();
-            let total = X::m_to_f64(total[k]);
-            let inv_total = 1.0 / total;
-            let mut row = grads[k].row_mut(t);
-            if spec.wrt == GradWrt::Logits {
-                // softmax of the input row, as in `lattice::forward_backward_in`.
-                let lp = x.log_probs.row(t);
-                let shift = F::from_f64(ws.log_norm[t * LANES + k]);
-                match (row.as_slice_mut(), lp.as_slice()) {
-                    (Some(out), Some(lp)) => {
-                        for (g, &v) in out.iter_mut().zip(lp) {
-                            *g = (v - shift).fast_exp() * spec.scale;
-                        }
-                    }
-                    _ => {
-                        for (g, &v) in row.iter_mut().zip(lp.iter()) {
-                            *g = (v - shift).fast_exp() * spec.scale;
-                        }
-                    }
-                }
-            }
-            // Sum the occupancy per class, then touch each class of the row once (see
-            // `lattice::forward_backward_in`).
-            let acc: &mut [f64] = &mut ws.class_total;
-            acc[x.blank] = X::m_to_f64(blank[k]);
+            let blank = F::from_f64(X::m_to_f64(share(blank[k], k)));
             // Label j is state 2j + 1.
-            let occ = &lanes.occupancy;
             let end = hi.div_ceil(2).min(x.labels.len());
-            for j in (lo / 2).min(end)..end {
-                acc[x.labels[j] as usize] += X::m_to_f64(occ[(2 * j + 1) * LANES + k]);
-            }
-            let (start, end) = ws.class_spans[k];
-            let classes = &ws.classes[start..end];
-            macro_rules! write_classes {
-                ($out:expr) => {
-                    match spec.wrt {
-                        GradWrt::LogProbs => {
-                            for &class in classes {
-                                $out[class] =
-                                    F::from_f64(-share(acc[class], total, inv_total) * scale);
-                                acc[class] = 0.0;
-                            }
+            let labels = (lo / 2).min(end)..end;
+            let mut row = grads[k].row_mut(t);
+            let lp = x.log_probs.row(t);
+            // softmax of the input row for the logits gradient, as in
+            // `lattice::forward_backward_in`; the log_probs row is zero on entry.
+            let shift = F::from_f64(ws.log_norm[t * LANES + k]);
+            macro_rules! write_row {
+                ($out:expr, $lp:expr) => {{
+                    if spec.wrt == GradWrt::Logits {
+                        for (g, &v) in $out.iter_mut().zip($lp) {
+                            *g = (v - shift).fast_exp() * spec.scale;
                         }
-                        GradWrt::Logits => {
-                            for &class in classes {
-                                $out[class] +=
-                                    F::from_f64(-share(acc[class], total, inv_total) * scale);
-                                acc[class] = 0.0;
-                            }
-                        }
+                        $out[x.blank] += blank;
+                    } else {
+                        $out[x.blank] = blank;
                     }
-                };
+                    for j in labels {
+                        let g = F::from_f64(X::m_to_f64(occ[(2 * j + 1) * LANES + k]));
+                        $out[x.labels[j] as usize] += g;
+                    }
+                }};
             }
-            match row.as_slice_mut() {
-                Some(out) => write_classes!(out),
-                None => write_classes!(row),
+            // Plain slices when the rows are contiguous (the usual layouts).
+            match (row.as_slice_mut(), lp.as_slice()) {
+                (Some(out), Some(lp)) => write_row!(out, lp),
+                _ => write_row!(row, lp.iter()),
             }
         }
 
