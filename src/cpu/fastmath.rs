@@ -35,6 +35,9 @@ pub trait FastMath: crate::real::Real {
             b
         }
     }
+    /// IEEE `maxNum` (the standard library's `max`: a NaN operand is ignored); unlike
+    /// `fmax`, LLVM keeps it a plain vector max instead of a select.
+    fn max_num(self, b: Self) -> Self;
     /// `min` that compiles to one instruction.
     #[inline(always)]
     fn fmin(self, b: Self) -> Self {
@@ -48,6 +51,10 @@ pub trait FastMath: crate::real::Real {
 
 impl FastMath for f64 {
     const NARROW: bool = false;
+    #[inline(always)]
+    fn max_num(self, b: Self) -> Self {
+        self.max(b)
+    }
     #[inline(always)]
     fn fast_exp(self) -> Self {
         exp_f64(self)
@@ -64,6 +71,10 @@ impl FastMath for f64 {
 
 impl FastMath for f32 {
     const NARROW: bool = true;
+    #[inline(always)]
+    fn max_num(self, b: Self) -> Self {
+        self.max(b)
+    }
     #[inline(always)]
     fn fast_exp(self) -> Self {
         exp_f32(self)

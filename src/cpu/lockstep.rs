@@ -71,10 +71,7 @@ pub struct GroupWorkspace<F> {
     /// Where `raw` is read from, and which of its slots exist: see `fill_offsets`.
     offsets: Vec<isize>,
     present: Vec<bool>,
-    /// Each lane's blank and labels, each once, and the cache lines holding them (see
-    /// `fill_classes`).
-    classes: Vec<usize>,
-    class_spans: Vec<(usize, usize)>,
+    /// Each lane's cache lines to prefetch (see `fill_prefetch_lines`).
     lines: Vec<isize>,
     line_spans: Vec<(usize, usize)>,
     wide: GroupLanes<Wide>,
@@ -167,7 +164,7 @@ fn run<F: FastMath, X: Extended>(
         // Fixed for both passes (the table's layout), though lanes may drop out.
         let labels = max_labels(xs, &state);
         let keep_table = grad.is_some();
-        fill_classes(xs, ws);
+        fill_prefetch_lines(xs, ws);
         forward_pass::<F, X>(xs, ws, lanes, &mut state, t_max, labels, keep_table);
         for s in state.iter_mut() {
             // A zero likelihood (every path through a -inf emission) has the per-sample
@@ -183,41 +180,30 @@ fn run<F: FastMath, X: Extended>(
     state.iter().map(|s| s.live.then_some(s.log_lik)).collect()
 }
 
-/// Each lane's blank and labels, each once in increasing order (`ws.classes`, delimited by
-/// `ws.class_spans`), and the byte offsets of the input row's cache lines holding them
-/// (`ws.lines`, delimited by `ws.line_spans`; none when rows are not contiguous or fit in
-/// a few lines, which stay cached).
-fn fill_classes<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
-    ws.classes.clear();
-    ws.class_spans.clear();
+/// Per lane, the byte offsets of the input row's cache lines that hold its blank and
+/// labels, each once (`ws.lines`, delimited by `ws.line_spans`); none when rows are not
+/// contiguous or fit in a few lines, which stay cached.
+fn fill_prefetch_lines<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
     ws.lines.clear();
     ws.line_spans.clear();
     for x in xs {
-        let start = ws.classes.len();
-        ws.classes.push(x.blank);
-        ws.classes.extend(x.labels.iter().map(|&l| l as usize));
-        ws.classes[start..].sort_unstable();
-        let mut kept = start;
-        for i in start..ws.classes.len() {
-            if i == start || ws.classes[i] != ws.classes[kept - 1] {
-                ws.classes[kept] = ws.classes[i];
-                kept += 1;
-            }
-        }
-        ws.classes.truncate(kept);
-        ws.class_spans.push((start, kept));
-
-        let line_start = ws.lines.len();
+        let start = ws.lines.len();
         let row_bytes = x.log_probs.ncols() * std::mem::size_of::<F>();
         if x.log_probs.strides()[1] == 1 && row_bytes > PREFETCH_ROW_BYTES {
-            for &class in &ws.classes[start..kept] {
-                let line = (class * std::mem::size_of::<F>() / LINE * LINE) as isize;
-                if ws.lines.len() == line_start || ws.lines.last() != Some(&line) {
-                    ws.lines.push(line);
+            let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
+            ws.lines
+                .extend(classes.map(|c| (c * std::mem::size_of::<F>() / LINE * LINE) as isize));
+            ws.lines[start..].sort_unstable();
+            let mut kept = start;
+            for i in start..ws.lines.len() {
+                if i == start || ws.lines[i] != ws.lines[kept - 1] {
+                    ws.lines[kept] = ws.lines[i];
+                    kept += 1;
                 }
             }
+            ws.lines.truncate(kept);
         }
-        ws.line_spans.push((line_start, ws.lines.len()));
+        ws.line_spans.push((start, ws.lines.len()));
     }
 }
 
@@ -374,18 +360,44 @@ fn read_frame<F: FastMath, X: Extended>(
         .chunks_exact_mut(LANES)
         .zip(raw.chunks_exact(LANES))
         .zip(ws.present.chunks_exact(LANES));
-    for ((v_row, raw_row), present_row) in slots {
+    if xs.iter().any(|x| x.logits) {
+        for ((v_row, raw_row), present_row) in slots {
+            for k in 0..LANES {
+                let v = if present_row[k] & reading[k] {
+                    raw_row[k].to_f64() - norm[k]
+                } else {
+                    f64::NEG_INFINITY
+                };
+                // -inf (an exact zero) uses no budget; NaN and +inf make `poison` NaN.
+                let x = if v == f64::NEG_INFINITY { 0.0 } else { v };
+                poison[k] += x * 0.0;
+                span[k] = span[k].fmax(x.abs());
+                v_row[k] = X::m_from_f64(v);
+            }
+        }
+    } else {
+        // Log-probabilities are used as read: the same checks in the input type, which for
+        // float32 input is the mantissa type, so this is one vector per slot.
+        let mut poison_f = [F::ZERO; LANES];
+        let mut span_f = [F::ZERO; LANES];
+        for ((v_row, raw_row), present_row) in slots {
+            for k in 0..LANES {
+                let v = if present_row[k] & reading[k] {
+                    raw_row[k]
+                } else {
+                    F::NEG_INFINITY
+                };
+                let x = if v == F::NEG_INFINITY { F::ZERO } else { v };
+                poison_f[k] += x * F::ZERO;
+                // Not `fmax`: LLVM turns its select into a masked store, which stalls the
+                // next iteration's load of the same accumulator.
+                span_f[k] = span_f[k].max_num(x.max_num(-x));
+                v_row[k] = X::m_from_f64(v.to_f64());
+            }
+        }
         for k in 0..LANES {
-            let v = if present_row[k] & reading[k] {
-                raw_row[k].to_f64() - norm[k]
-            } else {
-                f64::NEG_INFINITY
-            };
-            // -inf (an exact zero) uses no budget; NaN and +inf make `poison` NaN.
-            let x = if v == f64::NEG_INFINITY { 0.0 } else { v };
-            poison[k] += x * 0.0;
-            span[k] = span[k].fmax(x.abs());
-            v_row[k] = X::m_from_f64(v);
+            poison[k] = poison_f[k].to_f64();
+            span[k] = span_f[k].to_f64();
         }
     }
     for (k, lane) in state.iter_mut().enumerate() {
