@@ -133,10 +133,14 @@ def test_results_identical_across_thread_counts(restore_threads, dtype, reductio
     ],
     ids=["calling-thread", "caller-and-one-helper", "caller-and-one-helper-groups", "whole-pool"],
 )
-def test_every_scheduling_regime_matches_reference(restore_threads, shape, min_cells, max_cells):
+def test_every_scheduling_regime_matches_reference(
+    restore_threads, monkeypatch, request, shape, min_cells, max_cells
+):
     """Small batches run on the calling thread, medium ones are split with one pool thread,
     large ones use the whole pool: each against the reference at 2 threads. Short samples
     run in groups of 16 (src/cpu/lockstep.rs): one batch has three groups to share."""
+    if request.node.callspec.id.endswith("groups"):
+        monkeypatch.setenv("FASTCTC_GROUPS", "always")
     num_frames, batch, num_classes, width = shape
     rng = np.random.default_rng(sum(shape))
     case = make_case(

@@ -1,5 +1,8 @@
 """Short samples run side by side, one SIMD lane each, in groups of 16 (src/cpu/lockstep.rs).
 
+Each test runs twice: with FASTCTC_GROUPS=always (every short sample in a group) and with the
+default cost model.
+
 Every test here compares with the float64 reference. A group holds samples of different
 lengths, and lanes that must leave it for the per-sample kernel (no frames, no possible
 alignment, a NaN read, a zero likelihood, an exhausted float32 exponent budget); a batch of
@@ -15,6 +18,14 @@ import pytest
 from ctc_cases import make_case
 
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+@pytest.fixture(autouse=True, params=["always", "auto"])
+def group_policy(request, monkeypatch):
+    """Groups are formed where a cost model expects them to pay off; FASTCTC_GROUPS=always
+    makes every test here run its short samples in groups."""
+    monkeypatch.setenv("FASTCTC_GROUPS", request.param)
+    return request.param
 
 
 def check(

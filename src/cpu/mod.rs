@@ -200,6 +200,24 @@ const GROUP_MAX_ROW_BYTES: usize = 2048;
 /// whatever its number of lanes.
 const GROUP_MIN_LANES: usize = 2;
 
+/// Whether short samples run in groups: by the cost model (`auto`, the default), or, for
+/// tests and benchmarks, `always` or `never` (environment variable `FASTCTC_GROUPS`, read
+/// on every call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupPolicy {
+    Auto,
+    Always,
+    Never,
+}
+
+fn group_policy() -> GroupPolicy {
+    match std::env::var("FASTCTC_GROUPS").as_deref().map(str::trim) {
+        Ok("always") => GroupPolicy::Always,
+        Ok("never") => GroupPolicy::Never,
+        _ => GroupPolicy::Auto,
+    }
+}
+
 /// A unit of work for one thread: one sample, or a group of short samples side by side.
 enum Job<T> {
     One(T),
@@ -226,16 +244,32 @@ fn plan_jobs<F: Real, T>(
         .into_iter()
         .map(|item| (cost(&item), Job::One(item)))
         .collect();
-    if short.len() < GROUP_MIN_LANES {
-        jobs.extend(short.into_iter().map(|item| (cost(&item), Job::One(item))));
-    } else {
+    // Lanes of a group run for its longest input and over the union of its bands: samples
+    // of similar input length go together.
+    let mut short = short;
+    short.sort_by_key(|item| {
+        let sample = &problem.samples[sample_of(item)];
+        Reverse((sample.input_len, sample.target_len()))
+    });
+    let mut short = short.into_iter().peekable();
+    while short.peek().is_some() {
         // As many full groups as possible: splitting one group between two threads costs
         // more (a group of 8 lanes takes nearly as long as one of 16, and the helper must
         // wake) than it saves.
-        let mut short = short.into_iter().peekable();
-        while short.peek().is_some() {
-            let group: Vec<T> = short.by_ref().take(lockstep::LANES).collect();
+        let group: Vec<T> = short.by_ref().take(lockstep::LANES).collect();
+        let xs: Vec<_> = group
+            .iter()
+            .map(|item| sample_ref(problem, sample_of(item)))
+            .collect();
+        let grouped = match group_policy() {
+            GroupPolicy::Auto => group.len() >= GROUP_MIN_LANES && lockstep::pays_off(&xs),
+            GroupPolicy::Always => true,
+            GroupPolicy::Never => false,
+        };
+        if grouped {
             jobs.push((group.iter().map(cost).sum(), Job::Group(group)));
+        } else {
+            jobs.extend(group.into_iter().map(|item| (cost(&item), Job::One(item))));
         }
     }
     jobs.sort_by_key(|(cost, _)| Reverse(*cost));
