@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench kernel` runs every standard shape; `cargo bench --bench kernel --
 //! asr` filters by name. `FASTCTC_NUM_THREADS=1` pins the thread count; `FASTCTC_SIMD=avx2`
-//! or `baseline` lowers the instruction set. The inputs are log_softmax of deterministic
+//! or `baseline` lowers the instruction set; `FASTCTC_GROUPS=always|never` overrides whether
+//! short samples run side by side. The inputs are log_softmax of deterministic
 //! pseudo-random logits, with full lengths, float32, like `benches/compare.py`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
