@@ -139,9 +139,17 @@ def make_problems(
 
 def estimated_memory(shape: tuple[int, int, int, int]) -> int:
     """Bytes of fastctc's gradient path at 2 threads: one forward table per thread (a float32
-    mantissa and a float32 exponent per lattice cell) plus the float32 gradient."""
+    mantissa and an int32 exponent per lattice cell), or, for short samples run 16 side by
+    side (up to 129 states, rows up to 2 KiB, group table up to 16 MiB), one table of 16 lanes
+    per group being computed; plus the float32 gradient."""
     T, N, C, S = shape
-    return min(N, 2) * T * (2 * S + 1) * 8 + T * N * C * 4
+    states = 2 * S + 1
+    group_table = T * states * 16 * 8
+    if N >= 2 and states <= 129 and C * 4 <= 2048 and group_table <= 16 << 20:
+        tables = min(-(-N // 16), 2) * group_table
+    else:
+        tables = min(N, 2) * T * states * 8
+    return tables + T * N * C * 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,8 +725,9 @@ def markdown(results: Results, command: str, load_before: float, load_after: flo
         "the largest difference of fastctc's `grad_wrt=\"logits\"` gradient from torch's, "
         "relative to torch's largest entry (torch keeps its lattice in float32). est. memory: "
         "at 2 threads, one fastctc forward table per thread, T·(2S+1)·8 bytes (a float32 mantissa "
-        "and exponent per cell; torch keeps alpha and beta tables of N·T·(2S+1)·4 bytes each), "
-        "plus the gradient, T·N·C·4 bytes.",
+        "and exponent per cell; short samples run 16 side by side keep 16 lanes' worth per "
+        "group; torch keeps alpha and beta tables of N·T·(2S+1)·4 bytes each), plus the "
+        "gradient, T·N·C·4 bytes.",
         "",
     ]
     header = ["shape", "T", "N", "C", "S", "est. memory", "fastctc loss diff", "fastctc grad diff"]

@@ -152,3 +152,11 @@ def test_repeated_calls_reuse_no_stale_state(layout):
         ref = case.reference("none")
         np.testing.assert_allclose(loss, ref.loss, rtol=2e-5)
         np.testing.assert_allclose(grad, ref.grad_logits, rtol=0, atol=2e-5)
+
+
+def test_long_inputs_with_short_targets():
+    """2100 frames and 61 states: a group's table (16 lanes) would exceed 16 MiB, so by
+    default these run one by one; with FASTCTC_GROUPS=always as one group."""
+    rng = np.random.default_rng(26)
+    case = make_case(rng, 2100, 3, 9, 30, min_input_length=2000, full_targets=True)
+    check(case, case.log_probs, np.float32)

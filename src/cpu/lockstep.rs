@@ -126,6 +126,16 @@ pub fn pays_off<F>(xs: &[SampleRef<'_, F>]) -> bool {
     group < alone
 }
 
+/// The size of the forward table a group of `xs` keeps with the gradient: a mantissa and
+/// an exponent per state, frame and lane (all `LANES` lanes, used or not).
+pub fn table_bytes<F>(xs: &[SampleRef<'_, F>]) -> usize {
+    let t_max = xs.iter().map(|x| x.input_len).max().unwrap_or(0);
+    let states = xs.iter().map(|x| 2 * x.labels.len() + 1).max().unwrap_or(1);
+    // float32 input: float32 mantissas and int32 exponents; float64: both 8 bytes.
+    let per_cell = 2 * std::mem::size_of::<F>();
+    t_max * states * LANES * per_cell
+}
+
 /// Log-likelihoods of up to `LANES` samples; `None` for a lane left to the per-sample
 /// kernel.
 #[inline(always)]

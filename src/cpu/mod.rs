@@ -196,6 +196,9 @@ const GROUP_MAX_STATES: usize = 129;
 /// wait on memory, and one thread per sample keeps more of them in flight than one thread
 /// per group (large vocabulary forward at 2 threads: 0.78 ms in a group, 0.4 one by one).
 const GROUP_MAX_ROW_BYTES: usize = 2048;
+/// A group keeps the forward table of all its lanes (`LANES` samples' worth): above this
+/// size its samples run one by one, each with one sample's table per thread.
+const GROUP_MAX_TABLE_BYTES: usize = 16 << 20;
 /// Fewer short samples than this run one by one: a group costs its full width of vectors
 /// whatever its number of lanes.
 const GROUP_MIN_LANES: usize = 2;
@@ -262,7 +265,11 @@ fn plan_jobs<F: Real, T>(
             .map(|item| sample_ref(problem, sample_of(item)))
             .collect();
         let grouped = match group_policy() {
-            GroupPolicy::Auto => group.len() >= GROUP_MIN_LANES && lockstep::pays_off(&xs),
+            GroupPolicy::Auto => {
+                group.len() >= GROUP_MIN_LANES
+                    && lockstep::table_bytes::<F>(&xs) <= GROUP_MAX_TABLE_BYTES
+                    && lockstep::pays_off(&xs)
+            }
             GroupPolicy::Always => true,
             GroupPolicy::Never => false,
         };
