@@ -243,7 +243,7 @@ fn read_frame<F: FastMath>(x: &SampleRef<'_, F>, t: usize, norm: f64, out: &mut 
 const AHEAD: usize = 1;
 
 /// Cache line size assumed for prefetching.
-const LINE: usize = 64;
+pub(super) const LINE: usize = 64;
 
 /// The blank and the target's labels, each once, in increasing order.
 fn fill_distinct_classes<F>(x: &SampleRef<'_, F>, classes: &mut Vec<usize>) {
@@ -275,25 +275,30 @@ fn fill_prefetch_lines<F>(x: &SampleRef<'_, F>, classes: &[usize], lines: &mut V
 /// Only those lines: with a vocabulary of 1000 and 80 labels that is about 70% of the row.
 #[inline(always)]
 fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize, lines: &[usize]) {
+    if !lines.is_empty() {
+        prefetch_lines(x.log_probs.row(t).as_ptr(), lines);
+    }
+}
+
+/// Asks the CPU to start loading the cache lines at byte offsets `lines` from `row`.
+#[inline(always)]
+pub(super) fn prefetch_lines<F>(row: *const F, lines: &[usize]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if lines.is_empty() {
-            return;
-        }
-        let base = x.log_probs.row(t).as_ptr() as *const i8;
+        let base = row as *const i8;
         for &offset in lines {
-            // SAFETY: prefetching has no architectural effect; the address lies inside the
-            // row (`fill_prefetch_lines` rounds offsets of valid classes down to a line).
+            // SAFETY: prefetching has no architectural effect (it never faults), whatever
+            // the address; callers pass lines of the row anyway.
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    base.add(offset),
+                    base.wrapping_add(offset),
                 )
             };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, t, lines);
+        let _ = (row, lines);
     }
 }
 

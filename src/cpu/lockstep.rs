@@ -17,8 +17,8 @@ use ndarray::ArrayViewMut2;
 
 use super::fastmath::FastMath;
 use super::lattice::{
-    combine3, ensure_len, log_sum_exp, min_frames, reset, times, two_rows, GradSpec, Rows,
-    SampleRef, NORMALISE_EVERY,
+    combine3, ensure_len, log_sum_exp, min_frames, prefetch_lines, reset, times, two_rows,
+    GradSpec, Rows, SampleRef, LINE, NORMALISE_EVERY,
 };
 use super::scaled::{add2, ln, Extended, Narrow, Wide};
 use crate::options::GradWrt;
@@ -26,8 +26,6 @@ use crate::options::GradWrt;
 /// Samples per group: one AVX-512 vector of float32 mantissas.
 pub const LANES: usize = 16;
 
-/// Cache line size assumed for prefetching.
-const LINE: usize = 64;
 /// Input rows up to this size are not prefetched: the group reads them every frame, so
 /// they stay cached.
 const PREFETCH_ROW_BYTES: usize = 8 * LINE;
@@ -72,7 +70,7 @@ pub struct GroupWorkspace<F> {
     offsets: Vec<isize>,
     present: Vec<bool>,
     /// Each lane's cache lines to prefetch (see `fill_prefetch_lines`).
-    lines: Vec<isize>,
+    lines: Vec<usize>,
     line_spans: Vec<(usize, usize)>,
     wide: GroupLanes<Wide>,
     narrow: GroupLanes<Narrow>,
@@ -235,7 +233,7 @@ fn fill_prefetch_lines<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
         if x.log_probs.strides()[1] == 1 && row_bytes > PREFETCH_ROW_BYTES {
             let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
             ws.lines
-                .extend(classes.map(|c| (c * std::mem::size_of::<F>() / LINE * LINE) as isize));
+                .extend(classes.map(|c| c * std::mem::size_of::<F>() / LINE * LINE));
             ws.lines[start..].sort_unstable();
             let mut kept = start;
             for i in start..ws.lines.len() {
@@ -260,28 +258,11 @@ fn prefetch_frame<F>(
     state: &[LaneState],
     t: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
-            let (start, end) = ws.line_spans[k];
-            if !lane.live || t >= x.input_len || start == end {
-                continue;
-            }
-            let base = x.log_probs.row(t).as_ptr() as *const i8;
-            for &line in &ws.lines[start..end] {
-                // SAFETY: prefetching has no architectural effect; the address lies inside
-                // the row (offsets of valid classes rounded down to a line).
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        base.offset(line),
-                    )
-                };
-            }
+    for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+        let (start, end) = ws.line_spans[k];
+        if lane.live && t < x.input_len && start < end {
+            prefetch_lines(x.log_probs.row(t).as_ptr(), &ws.lines[start..end]);
         }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (xs, ws, state, t);
     }
 }
 
