@@ -48,6 +48,10 @@ test-rust:
 test-python:
 	$(PYTHON) -m pytest -q
 	WGPU_BACKEND=gl $(PYTHON) -m pytest -q tests/test_gpu.py
+	# Short samples run side by side where a cost model says so; run the semantics and
+	# property tests again with every short sample in a group.
+	FASTCTC_GROUPS=always $(PYTHON) -m pytest -q tests/test_properties.py \
+		tests/test_semantics.py tests/test_reference.py tests/test_torch_parity.py
 
 test: install-test lint test-rust test-python
 
