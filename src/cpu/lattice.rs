@@ -283,17 +283,33 @@ fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize, lines: &[usize]) {
 /// Asks the CPU to start loading the cache lines at byte offsets `lines` from `row`.
 #[inline(always)]
 pub(super) fn prefetch_lines<F>(row: *const F, lines: &[usize]) {
+    prefetch_with::<F, { PREFETCH_READ }>(row, lines);
+}
+
+/// Like `prefetch_lines`, for lines about to be written (taken in exclusive state).
+#[inline(always)]
+pub(super) fn prefetch_lines_for_write<F>(row: *const F, lines: &[usize]) {
+    prefetch_with::<F, { PREFETCH_WRITE }>(row, lines);
+}
+
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_READ: i32 = std::arch::x86_64::_MM_HINT_T0;
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_WRITE: i32 = std::arch::x86_64::_MM_HINT_ET0;
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_READ: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_WRITE: i32 = 1;
+
+#[inline(always)]
+fn prefetch_with<F, const HINT: i32>(row: *const F, lines: &[usize]) {
     #[cfg(target_arch = "x86_64")]
     {
         let base = row as *const i8;
         for &offset in lines {
             // SAFETY: prefetching has no architectural effect (it never faults), whatever
             // the address; callers pass lines of the row anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    base.wrapping_add(offset),
-                )
-            };
+            unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(base.wrapping_add(offset)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -712,7 +728,17 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     // type's range are cut to 0.
     let shift = X::e_from_f64(-(log_lik * std::f64::consts::LOG2_E).round());
 
+    // The gradient rows are fresh memory whose lines miss the cache on their first store:
+    // for rows of more than a few lines (which stay cached), the lines of the next row to
+    // be written are requested a frame ahead (the same class lines as the input's, when
+    // both rows are contiguous). BPE shape at 1 thread: 23.5 -> 21.6 ms.
+    let row_bytes = x.log_probs.ncols() * std::mem::size_of::<F>();
+    let prefetch_grad =
+        grad.strides()[1] == 1 && !ws.prefetch_lines.is_empty() && row_bytes > 8 * LINE;
     for t in (0..t_len).rev() {
+        if prefetch_grad && t > 0 {
+            prefetch_lines_for_write(grad.row_mut(t - 1).as_ptr(), &ws.prefetch_lines);
+        }
         let (lo, hi) = band(t, t_len, states);
         let n = hi + 1 - lo;
         let (cur_m, next_m) = two_rows(&mut lanes.beta.m, t % 2, (t + 1) % 2, width);
