@@ -246,7 +246,7 @@ const AHEAD: usize = 1;
 pub(super) const LINE: usize = 64;
 
 /// The blank and the target's labels, each once, in increasing order.
-fn fill_distinct_classes<F>(x: &SampleRef<'_, F>, classes: &mut Vec<usize>) {
+pub(super) fn fill_distinct_classes<F>(x: &SampleRef<'_, F>, classes: &mut Vec<usize>) {
     classes.clear();
     classes.push(x.blank);
     classes.extend(x.labels.iter().map(|&l| l as usize));
@@ -256,7 +256,11 @@ fn fill_distinct_classes<F>(x: &SampleRef<'_, F>, classes: &mut Vec<usize>) {
 
 /// The byte offsets (multiples of a cache line) of the lines holding `classes` (sorted) in a
 /// row of the input, each once; empty when the rows are not contiguous.
-fn fill_prefetch_lines<F>(x: &SampleRef<'_, F>, classes: &[usize], lines: &mut Vec<usize>) {
+pub(super) fn fill_prefetch_lines<F>(
+    x: &SampleRef<'_, F>,
+    classes: &[usize],
+    lines: &mut Vec<usize>,
+) {
     lines.clear();
     if x.log_probs.strides()[1] != 1 {
         return;
@@ -413,7 +417,7 @@ pub(super) fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) ->
 /// A class's share of the frame's occupancy: exactly 1 for a class holding the whole frame
 /// (`x * (1/x)` can miss 1).
 #[inline(always)]
-pub(super) fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
+fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
     if class_total == total {
         1.0
     } else {
@@ -629,14 +633,48 @@ fn forward_in<F: FastMath, X: Extended>(
         &lanes.alpha.m[last..last + states],
         &lanes.alpha.e[last..last + states],
     );
-    let wide = |s: usize| (X::m_to_f64(m[s]), X::e_to_f64(e[s]));
-    let (end_m, end_e) = if states > 1 {
-        let ((m1, e1), (m2, e2)) = (wide(states - 1), wide(states - 2));
+    Outcome::Done(end_log_likelihood::<X>(states - 1, |s| (m[s], e[s])))
+}
+
+/// `ln(alpha[last] + alpha[last - 1])` (just `alpha[0]` for an empty target, `last = 0`):
+/// the log-likelihood from the last frame's alphas, `at(s)` giving state `s`.
+#[inline(always)]
+pub(super) fn end_log_likelihood<X: Extended>(
+    last: usize,
+    at: impl Fn(usize) -> (X::M, X::E),
+) -> f64 {
+    let wide = |s: usize| {
+        let (m, e) = at(s);
+        (X::m_to_f64(m), X::e_to_f64(e))
+    };
+    let (m, e) = if last > 0 {
+        let ((m1, e1), (m2, e2)) = (wide(last), wide(last - 1));
         add2(m1, e1, m2, e2)
     } else {
         wide(0)
     };
-    Outcome::Done(ln(end_m, end_e))
+    ln(m, e)
+}
+
+/// The exponent shift that brings `alpha * beta` near 1: alpha * beta is at most the
+/// likelihood, so shifted by its exponent every product is at most a few orders above 1
+/// (mantissas between normalisations); those below the lane type's range are cut to 0.
+#[inline(always)]
+pub(super) fn occupancy_shift<X: Extended>(log_lik: f64) -> X::E {
+    X::e_from_f64(-(log_lik * std::f64::consts::LOG2_E).round())
+}
+
+/// `alpha * beta` of one state, shifted by `occupancy_shift`.
+#[inline(always)]
+pub(super) fn occupancy<X: Extended>(
+    (a_m, a_e): (X::M, X::E),
+    (b_m, b_e): (X::M, X::E),
+    shift: X::E,
+) -> X::M {
+    // Zeros' exponents raised to E_NONE, so that the sum cannot wrap.
+    let e_a = X::e_max(a_e, X::E_NONE);
+    let e_b = X::e_max(b_e, X::E_NONE);
+    a_m * b_m * X::pow2(X::e_add(X::e_add(e_a, e_b), shift))
 }
 
 /// The log-likelihood of one sample (two rows of memory per lane type).
@@ -723,10 +761,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
     // ws.distinct_classes was filled by the forward pass.
     let scale = spec.scale.to_f64();
-    // alpha * beta is at most the likelihood: shifted by its exponent, every product is at
-    // most a few orders above 1 (mantissas between normalisations); those below the lane
-    // type's range are cut to 0.
-    let shift = X::e_from_f64(-(log_lik * std::f64::consts::LOG2_E).round());
+    let shift = occupancy_shift::<X>(log_lik);
 
     // The gradient rows are fresh memory whose lines miss the cache on their first store:
     // for rows of more than a few lines (which stay cached), the lines of the next row to
@@ -779,11 +814,8 @@ fn forward_backward_in<F: FastMath, X: Extended>(
         let occ = &mut lanes.occupancy[lo..lo + n];
         let (b_m, b_e) = (&cur_m[lo..lo + n], &cur_e[lo..lo + n]);
         for i in 0..n {
-            // Zeros' exponents raised to E_NONE, so that the sum cannot wrap.
-            let e_a = X::e_max(alpha_e[i], X::E_NONE);
-            let e_b = X::e_max(b_e[i], X::E_NONE);
-            let e = X::e_add(X::e_add(e_a, e_b), shift);
-            occ[i] = X::m_from_f64(alpha_m[i].to_f64()) * b_m[i] * X::pow2(e);
+            let alpha = (X::m_from_f64(alpha_m[i].to_f64()), alpha_e[i]);
+            occ[i] = occupancy::<X>(alpha, (b_m[i], b_e[i]), shift);
         }
         let total = X::m_to_f64(sum_of(occ));
 

@@ -17,10 +17,11 @@ use ndarray::ArrayViewMut2;
 
 use super::fastmath::FastMath;
 use super::lattice::{
-    combine3, ensure_len, log_sum_exp, min_frames, prefetch_lines, reset, times, two_rows,
+    combine3, end_log_likelihood, ensure_len, fill_distinct_classes, fill_prefetch_lines,
+    log_sum_exp, min_frames, occupancy, occupancy_shift, prefetch_lines, reset, times, two_rows,
     GradSpec, Rows, SampleRef, LINE, NORMALISE_EVERY,
 };
-use super::scaled::{add2, ln, Extended, Narrow, Wide};
+use super::scaled::{Extended, Narrow, Wide};
 use crate::options::GradWrt;
 
 /// Samples per group: one AVX-512 vector of float32 mantissas.
@@ -69,9 +70,12 @@ pub struct GroupWorkspace<F> {
     /// Where `raw` is read from, and which of its slots exist: see `fill_offsets`.
     offsets: Vec<isize>,
     present: Vec<bool>,
-    /// Each lane's cache lines to prefetch (see `fill_prefetch_lines`).
+    /// Each lane's cache lines to prefetch (see `fill_lanes_prefetch_lines`), and one lane's
+    /// classes and lines while they are found.
     lines: Vec<usize>,
     line_spans: Vec<(usize, usize)>,
+    lane_classes: Vec<usize>,
+    lane_lines: Vec<usize>,
     wide: GroupLanes<Wide>,
     narrow: GroupLanes<Narrow>,
 }
@@ -141,17 +145,7 @@ pub fn forward<F: FastMath>(
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
 ) -> Vec<Option<f64>> {
-    if F::NARROW {
-        let mut lanes = std::mem::take(&mut ws.narrow);
-        let out = run::<F, Narrow>(xs, ws, &mut lanes, None);
-        ws.narrow = lanes;
-        out
-    } else {
-        let mut lanes = std::mem::take(&mut ws.wide);
-        let out = run::<F, Wide>(xs, ws, &mut lanes, None);
-        ws.wide = lanes;
-        out
-    }
+    run_in_lanes(xs, ws, None)
 }
 
 /// Log-likelihoods and gradient rows of up to `LANES` samples; `None` for a lane left to the
@@ -163,20 +157,31 @@ pub fn forward_backward<F: FastMath>(
     grads: &mut [ArrayViewMut2<'_, F>],
     specs: &[GradSpec<F>],
 ) -> Vec<Option<f64>> {
+    run_in_lanes(xs, ws, Some((grads, specs)))
+}
+
+type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<F>])>;
+
+/// `run` in the lane type of the input: `Narrow` for float32 (lanes beyond its budget leave
+/// the group), `Wide` for float64.
+#[inline(always)]
+fn run_in_lanes<F: FastMath>(
+    xs: &[SampleRef<'_, F>],
+    ws: &mut GroupWorkspace<F>,
+    grad: GradOut<'_, '_, F>,
+) -> Vec<Option<f64>> {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let out = run::<F, Narrow>(xs, ws, &mut lanes, Some((grads, specs)));
+        let out = run::<F, Narrow>(xs, ws, &mut lanes, grad);
         ws.narrow = lanes;
         out
     } else {
         let mut lanes = std::mem::take(&mut ws.wide);
-        let out = run::<F, Wide>(xs, ws, &mut lanes, Some((grads, specs)));
+        let out = run::<F, Wide>(xs, ws, &mut lanes, grad);
         ws.wide = lanes;
         out
     }
 }
-
-type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<F>])>;
 
 #[inline(always)]
 fn run<F: FastMath, X: Extended>(
@@ -205,7 +210,7 @@ fn run<F: FastMath, X: Extended>(
         // Fixed for both passes (the table's layout), though lanes may drop out.
         let labels = max_labels(xs, &state);
         let keep_table = grad.is_some();
-        fill_prefetch_lines(xs, ws);
+        fill_lanes_prefetch_lines(xs, ws);
         forward_pass::<F, X>(xs, ws, lanes, &mut state, t_max, labels, keep_table);
         for s in state.iter_mut() {
             // A zero likelihood (every path through a -inf emission) has the per-sample
@@ -224,25 +229,15 @@ fn run<F: FastMath, X: Extended>(
 /// Per lane, the byte offsets of the input row's cache lines that hold its blank and
 /// labels, each once (`ws.lines`, delimited by `ws.line_spans`); none when rows are not
 /// contiguous or fit in a few lines, which stay cached.
-fn fill_prefetch_lines<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
+fn fill_lanes_prefetch_lines<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
     ws.lines.clear();
     ws.line_spans.clear();
     for x in xs {
         let start = ws.lines.len();
-        let row_bytes = x.log_probs.ncols() * std::mem::size_of::<F>();
-        if x.log_probs.strides()[1] == 1 && row_bytes > PREFETCH_ROW_BYTES {
-            let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
-            ws.lines
-                .extend(classes.map(|c| c * std::mem::size_of::<F>() / LINE * LINE));
-            ws.lines[start..].sort_unstable();
-            let mut kept = start;
-            for i in start..ws.lines.len() {
-                if i == start || ws.lines[i] != ws.lines[kept - 1] {
-                    ws.lines[kept] = ws.lines[i];
-                    kept += 1;
-                }
-            }
-            ws.lines.truncate(kept);
+        if x.log_probs.ncols() * std::mem::size_of::<F>() > PREFETCH_ROW_BYTES {
+            fill_distinct_classes(x, &mut ws.lane_classes);
+            fill_prefetch_lines(x, &ws.lane_classes, &mut ws.lane_lines);
+            ws.lines.extend_from_slice(&ws.lane_lines);
         }
         ws.line_spans.push((start, ws.lines.len()));
     }
@@ -545,18 +540,11 @@ fn forward_pass<F: FastMath, X: Extended>(
         // Lanes that end at this frame: the likelihood is the sum of the last two states.
         for (k, (x, lane)) in xs.iter().zip(state.iter_mut()).enumerate() {
             if lane.live && x.input_len == t + 1 {
-                let last = 2 * x.labels.len();
                 let at = |s: usize| {
                     let i = (PAD + s) * LANES + k;
-                    (X::m_to_f64(cur_m[i]), X::e_to_f64(cur_e[i]))
+                    (cur_m[i], cur_e[i])
                 };
-                let (m, e) = if last > 0 {
-                    let ((m1, e1), (m2, e2)) = (at(last), at(last - 1));
-                    add2(m1, e1, m2, e2)
-                } else {
-                    at(0)
-                };
-                lane.log_lik = ln(m, e);
+                lane.log_lik = end_log_likelihood::<X>(2 * x.labels.len(), at);
             }
         }
     }
@@ -578,12 +566,11 @@ fn backward_pass<F: FastMath, X: Extended>(
     lanes.beta.reset(2 * row_len);
     lanes.next_weighted.reset(row_len);
     reset(&mut lanes.occupancy, states * LANES, X::M_ZERO);
-    // alpha * beta is at most the likelihood: each lane is shifted by its own exponent (see
-    // `lattice::forward_backward_in`).
+    // Each lane's occupancy is shifted by its own likelihood's exponent.
     let mut shift = [X::E_ZERO; LANES];
     for (k, lane) in state.iter().enumerate() {
         if lane.live {
-            shift[k] = X::e_from_f64(-(lane.log_lik * std::f64::consts::LOG2_E).round());
+            shift[k] = occupancy_shift::<X>(lane.log_lik);
         }
     }
 
@@ -643,11 +630,7 @@ fn backward_pass<F: FastMath, X: Extended>(
             .zip(occ.chunks_exact_mut(LANES));
         for (s, ((((a_m, a_e), b_m), b_e), o)) in (lo..).zip(per_state) {
             for k in 0..LANES {
-                // Zeros' exponents raised to E_NONE, so that the sum cannot wrap.
-                let e_a = X::e_max(a_e[k], X::E_NONE);
-                let e_b = X::e_max(b_e[k], X::E_NONE);
-                let e = X::e_add(X::e_add(e_a, e_b), shift[k]);
-                o[k] = a_m[k] * b_m[k] * X::pow2(e);
+                o[k] = occupancy::<X>((a_m[k], a_e[k]), (b_m[k], b_e[k]), shift[k]);
                 total[k] = total[k] + o[k];
             }
             if s % 2 == 0 {

@@ -128,7 +128,10 @@ pub trait Extended: 'static {
     fn e_from_f64(e: f64) -> Self::E;
     /// `exp(x)` (`x` a log-probability: finite within the budget, or `-inf`) as a pair, with
     /// the precision policy of the input type `F`.
-    fn emission<F: super::fastmath::FastMath>(x: f64) -> (Self::M, Self::E);
+    #[inline(always)]
+    fn emission<F: super::fastmath::FastMath>(x: f64) -> (Self::M, Self::E) {
+        Self::emission_of_m::<F>(Self::m_from_f64(x))
+    }
     /// `emission` of a log-probability already rounded to the mantissa type (so that a
     /// loop over float32 lanes stays in float32 vectors).
     fn emission_of_m<F: super::fastmath::FastMath>(x: Self::M) -> (Self::M, Self::E);
@@ -181,10 +184,6 @@ impl Extended for Wide {
     #[inline(always)]
     fn e_from_f64(e: f64) -> f64 {
         e
-    }
-    #[inline(always)]
-    fn emission<F: super::fastmath::FastMath>(x: f64) -> (f64, f64) {
-        F::lattice_exp_parts(x)
     }
     #[inline(always)]
     fn emission_of_m<F: super::fastmath::FastMath>(x: f64) -> (f64, f64) {
@@ -265,10 +264,6 @@ impl Extended for Narrow {
         } else {
             e as i32
         }
-    }
-    #[inline(always)]
-    fn emission<F: super::fastmath::FastMath>(x: f64) -> (f32, i32) {
-        exp_parts_f32(x as f32)
     }
     #[inline(always)]
     fn emission_of_m<F: super::fastmath::FastMath>(x: f32) -> (f32, i32) {
