@@ -23,6 +23,7 @@
 //! assert!((out.losses[0] + (0.75f64).ln()).abs() < 1e-12);
 //! ```
 
+pub mod buffers;
 pub mod cpu;
 pub mod error;
 #[cfg(feature = "gpu")]

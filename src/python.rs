@@ -3,7 +3,7 @@
 //! This is the only file that knows Python. It converts arguments, calls the core with the
 //! GIL released, and maps [`CtcError`] to exceptions in one place. It does no maths.
 
-use ndarray::{ArrayD, Ix1, Ix2, IxDyn};
+use ndarray::{Array3, ArrayD, ArrayView3, Ix1, Ix2, IxDyn};
 use numpy::{
     Element, IntoPyArray, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
@@ -92,11 +92,16 @@ trait Float: CpuFloat + Element {
         with_grad: bool,
     ) -> Result<CtcOutput<Self>, CtcError>;
     fn gpu_posteriors(problem: &Problem<'_, Self>) -> Result<CtcOutput<Self>, CtcError>;
+    fn into_storage(buffer: Vec<Self>) -> Storage;
 }
 
 macro_rules! impl_float {
-    ($t:ty) => {
+    ($t:ty, $storage:ident) => {
         impl Float for $t {
+            fn into_storage(buffer: Vec<Self>) -> Storage {
+                Storage::$storage(buffer)
+            }
+
             fn gpu_compute(
                 problem: &Problem<'_, Self>,
                 with_grad: bool,
@@ -123,8 +128,55 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32);
-impl_float!(f64);
+impl_float!(f32, F32);
+impl_float!(f64, F64);
+
+/// A gradient buffer of either float type.
+enum Storage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Owns the memory of a gradient array handed to NumPy (its base object). When NumPy frees
+/// the array, the buffer goes back to `crate::buffers` for the next call's gradient.
+#[pyclass(frozen, module = "fastctc._core", name = "_GradientBuffer")]
+struct GradientBuffer {
+    storage: Option<Storage>,
+}
+
+impl Drop for GradientBuffer {
+    fn drop(&mut self) {
+        match self.storage.take() {
+            Some(Storage::F32(buffer)) => crate::buffers::give_back(buffer),
+            Some(Storage::F64(buffer)) => crate::buffers::give_back(buffer),
+            None => {}
+        }
+    }
+}
+
+/// A gradient as a NumPy array whose memory is recycled once the array is freed.
+fn gradient_array<'py, F: Float>(py: Python<'py>, grad: Array3<F>) -> PyResult<Bound<'py, PyAny>> {
+    if !grad.is_standard_layout() {
+        return Ok(grad.into_pyarray(py).into_any());
+    }
+    let shape = grad.raw_dim();
+    let (buffer, _) = grad.into_raw_vec_and_offset();
+    // The heap block does not move when the Vec moves into its owner.
+    let data = buffer.as_ptr();
+    let owner = Bound::new(
+        py,
+        GradientBuffer {
+            storage: Some(F::into_storage(buffer)),
+        },
+    )?;
+    // SAFETY: `data` points at `shape`'s product of initialised elements in standard layout,
+    // owned by `owner`, which never touches them until it is dropped; NumPy keeps `owner`
+    // alive (as the array's base object) as long as any view of the array exists.
+    unsafe {
+        let view = ArrayView3::from_shape_ptr(shape, data);
+        Ok(PyArray3::borrow_from_array(&view, owner.into_any()).into_any())
+    }
+}
 
 /// Runs `work` without the GIL. Every kernel goes through here; NumPy borrow guards stay
 /// with the caller, outside the closure.
@@ -214,7 +266,7 @@ fn run<'py, F: Float>(
             let per_sample = output.reduction == Reduction::None;
             let loss = loss_array::<F>(py, output.loss_values(), per_sample)?;
             let grad = match output.grad {
-                Some(grad) => grad.into_pyarray(py).into_any(),
+                Some(grad) => gradient_array(py, grad)?,
                 None => py.None().into_bound(py),
             };
             vec![loss, grad]
@@ -227,7 +279,7 @@ fn run<'py, F: Float>(
             .map_err(to_py_err)?;
             let losses = loss_array::<F>(py, output.losses, true)?;
             let gamma = match output.grad {
-                Some(gamma) => gamma.into_pyarray(py).into_any(),
+                Some(gamma) => gradient_array(py, gamma)?,
                 None => py.None().into_bound(py),
             };
             vec![losses, gamma]
@@ -510,7 +562,7 @@ fn gpu_profile<'py>(
         let per_sample = output.reduction == Reduction::None;
         let loss = loss_array::<f32>(py, output.loss_values(), per_sample)?;
         let grad = match output.grad {
-            Some(grad) => grad.into_pyarray(py).into_any(),
+            Some(grad) => gradient_array(py, grad)?,
             None => py.None().into_bound(py),
         };
         let dict = PyDict::new(py);
@@ -555,6 +607,12 @@ fn get_num_threads() -> usize {
     threads::num_threads()
 }
 
+/// Frees the gradient buffers kept for reuse; returns the bytes freed.
+#[pyfunction]
+fn empty_cache() -> usize {
+    crate::buffers::release()
+}
+
 /// The CPU's SIMD extensions that fastctc detects at run time.
 #[pyfunction]
 fn simd_features() -> Vec<&'static str> {
@@ -578,5 +636,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_profile, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_cache, m)?)?;
     Ok(())
 }

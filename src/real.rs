@@ -32,6 +32,8 @@ pub trait Real:
     fn is_nan(self) -> bool;
     fn from_f64(value: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// The recycled gradient buffers of this type (see `buffers`).
+    fn recycled_buffers() -> &'static crate::buffers::Pool<Self>;
 }
 
 macro_rules! impl_real {
@@ -63,6 +65,10 @@ macro_rules! impl_real {
             #[inline(always)]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            fn recycled_buffers() -> &'static crate::buffers::Pool<Self> {
+                static POOL: crate::buffers::Pool<$t> = std::sync::Mutex::new(Vec::new());
+                &POOL
             }
         }
     };

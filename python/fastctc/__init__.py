@@ -32,6 +32,7 @@ from fastctc._core import (
     simd_features,
 )
 from fastctc._core import ctc as _ctc
+from fastctc._core import empty_cache as _empty_cache
 from fastctc._core import gpu_info as _gpu_info
 from fastctc._core import posteriors as _posteriors
 from fastctc.alignment import Alignment, ctc_align, frames_to_seconds
@@ -46,6 +47,7 @@ __all__ = [
     "ctc_loss",
     "ctc_loss_and_grad",
     "ctc_posteriors",
+    "empty_cache",
     "frames_to_seconds",
     "get_num_threads",
     "gpu_info",
@@ -334,3 +336,34 @@ def gpu_info() -> dict | None:
     True
     """
     return _gpu_info()
+
+
+def empty_cache() -> int:
+    """Frees the gradient buffers fastctc keeps for reuse; returns the bytes freed.
+
+    When a gradient of 1 MiB or more is freed (the NumPy array, or a torch tensor viewing
+    it, goes away), fastctc keeps its memory, at most two buffers per float type, and
+    writes the next gradient of about the same size into it. A training loop then skips
+    the operating system's page faults and zeroing of a fresh buffer on every step (a fifth
+    to a third of the forward+backward time with a large vocabulary). This returns that
+    memory, for example once training is over. It never affects results.
+
+    Returns
+    -------
+    int
+        The bytes freed.
+
+    Examples
+    --------
+    >>> import numpy as np, fastctc
+    >>> _ = fastctc.empty_cache()  # start with nothing kept
+    >>> log_probs = np.full((100, 4, 1000), np.log(1e-3), dtype=np.float32)  # 1.6 MB
+    >>> targets = np.ones((4, 5), dtype=int)
+    >>> _, grad = fastctc.ctc_loss_and_grad(log_probs, targets, [100] * 4, [5] * 4)
+    >>> del grad  # the buffer is kept for the next gradient of this size
+    >>> fastctc.empty_cache()
+    1600000
+    >>> fastctc.empty_cache()
+    0
+    """
+    return _empty_cache()

@@ -61,6 +61,9 @@ def set_num_threads(threads: int) -> None:
 def get_num_threads() -> int:
     """The number of worker threads calls run on."""
 
+def empty_cache() -> int:
+    """Frees the gradient buffers kept for reuse; returns the bytes freed."""
+
 def simd_features() -> list[str]:
     """The CPU's SIMD extensions detected at run time."""
 

@@ -44,6 +44,10 @@ pub struct GradSpec<F> {
     /// The reduction's factor for this sample.
     pub scale: F,
     pub zero_infinity: bool,
+    /// The rows hold stale values (a recycled buffer, see `crate::buffers`): every row
+    /// written is written whole. Otherwise rows are zero on entry and only the target's
+    /// classes are stored.
+    pub clear_rows: bool,
 }
 
 /// Mantissas and exponents side by side, in one lane type.
@@ -698,7 +702,8 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 
 }
 
 /// The log-likelihood, and the gradient rows `0..input_len` of `grad` (`(T, C)`, rows
-/// contiguous, zero on entry); rows past the input length are left untouched.
+/// contiguous, zero on entry unless `spec.clear_rows`); rows past the input length are left
+/// untouched.
 #[inline(always)]
 pub fn forward_backward<F: FastMath>(
     x: &SampleRef<'_, F>,
@@ -864,9 +869,20 @@ fn forward_backward_in<F: FastMath, X: Extended>(
             };
         }
         // A plain slice when the row is contiguous (the usual layouts): no stride arithmetic.
+        let clear = spec.clear_rows && spec.wrt == GradWrt::LogProbs;
         match row.as_slice_mut() {
-            Some(out) => write_classes!(out),
-            None => write_classes!(row),
+            Some(out) => {
+                if clear {
+                    out.fill(F::ZERO);
+                }
+                write_classes!(out)
+            }
+            None => {
+                if clear {
+                    row.fill(F::ZERO);
+                }
+                write_classes!(row)
+            }
         }
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
@@ -941,16 +957,22 @@ mod tests {
             blank: 0,
             logits: false,
         };
-        let mut grad = Array2::<f64>::zeros((6, 4));
-        let spec = GradSpec {
-            wrt: GradWrt::LogProbs,
-            scale: 1.0,
-            zero_infinity: false,
-        };
-        let ll = forward_backward(&x, &mut Workspace::new(), grad.view_mut(), spec);
-        assert!(ll.is_finite());
-        for row in grad.rows() {
-            assert!((row.sum() + 1.0).abs() < 1e-12);
+        // Zeroed rows, and stale rows (a recycled buffer) that the kernel must clear.
+        for (start, clear_rows) in [(0.0, false), (f64::NAN, true)] {
+            let mut grad = Array2::<f64>::from_elem((6, 4), start);
+            let spec = GradSpec {
+                wrt: GradWrt::LogProbs,
+                scale: 1.0,
+                zero_infinity: false,
+                clear_rows,
+            };
+            let ll = forward_backward(&x, &mut Workspace::new(), grad.view_mut(), spec);
+            assert!(ll.is_finite());
+            for row in grad.rows() {
+                assert!((row.sum() + 1.0).abs() < 1e-12);
+                // Class 3 is not in the target.
+                assert_eq!(row[3], 0.0);
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ mod viterbi;
 use std::cell::RefCell;
 use std::cmp::Reverse;
 
-use ndarray::{Array3, ArrayViewMut2, Axis};
+use ndarray::{s, Array3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 pub use dispatch::{level as simd_level, SimdLevel};
@@ -18,6 +18,7 @@ pub use fastmath::FastMath;
 pub use lattice::{GradSpec, SampleRef, Workspace};
 pub use lockstep::GroupWorkspace;
 
+use crate::buffers;
 use crate::options::{InputKind, Layout, Reduction};
 use crate::output::{AlignmentOutput, CtcOutput};
 use crate::problem::Problem;
@@ -312,15 +313,23 @@ fn compute_with_grad<F: CpuFloat>(
     scale_of: impl Fn(usize) -> f64 + Sync,
 ) -> CtcOutput<F> {
     let (t_max, batch, classes) = problem.dims();
-    // vec! of zeros is calloc: pages the kernel never writes (frames past an input length)
-    // cost nothing.
-    let zeros = vec![F::ZERO; t_max * batch * classes];
-    advise_huge_pages(&zeros);
+    let len = t_max * batch * classes;
+    // A recycled buffer (stale values) when one of about this size was handed back; else
+    // vec! of zeros, which is calloc: pages the kernel never writes (frames past an input
+    // length) cost nothing.
+    let (buffer, clear_rows) = match buffers::take::<F>(len) {
+        Some(buffer) => (buffer, true),
+        None => {
+            let zeros = vec![F::ZERO; len];
+            advise_huge_pages(&zeros);
+            (zeros, false)
+        }
+    };
     // The kernels write through a (T, N, C) view; for batch-major output that view is a
     // transposition of (N, T, C) memory.
     let mut grad = match problem.options.layout {
-        Layout::Tnc => Array3::from_shape_vec((t_max, batch, classes), zeros),
-        Layout::Ntc => Array3::from_shape_vec((batch, t_max, classes), zeros),
+        Layout::Tnc => Array3::from_shape_vec((t_max, batch, classes), buffer),
+        Layout::Ntc => Array3::from_shape_vec((batch, t_max, classes), buffer),
     }
     .expect("the buffer has exactly t_max * batch * classes elements");
     let mut losses = vec![0.0f64; batch];
@@ -341,18 +350,30 @@ fn compute_with_grad<F: CpuFloat>(
             wrt: problem.options.grad_wrt,
             scale: F::from_f64(scale_of(n)),
             zero_infinity: problem.options.zero_infinity,
+            clear_rows,
+        };
+        // Rows past an input length are zero; the kernels leave them to us.
+        let clear_tail = |n: usize, rows: &mut ArrayViewMut2<'_, F>| {
+            if clear_rows {
+                let input_len = problem.samples[n].input_len;
+                rows.slice_mut(s![input_len.., ..]).fill(F::ZERO);
+            }
         };
         let one = |x: &SampleRef<'_, F>, rows: ArrayViewMut2<'_, F>, spec: GradSpec<F>| {
             -F::with_workspace(|ws| dispatch::log_likelihood_and_grad(x, ws, rows, spec))
         };
         for_each_job(jobs, work, |job| match job {
-            Job::One((n, rows, loss)) => *loss = one(&sample_ref(problem, n), rows, spec_of(n)),
+            Job::One((n, mut rows, loss)) => {
+                clear_tail(n, &mut rows);
+                *loss = one(&sample_ref(problem, n), rows, spec_of(n));
+            }
             Job::Group(items) => {
                 let mut xs = Vec::with_capacity(items.len());
                 let mut specs = Vec::with_capacity(items.len());
                 let mut grads = Vec::with_capacity(items.len());
                 let mut outs = Vec::with_capacity(items.len());
-                for (n, rows, loss) in items {
+                for (n, mut rows, loss) in items {
+                    clear_tail(n, &mut rows);
                     xs.push(sample_ref(problem, n));
                     specs.push(spec_of(n));
                     grads.push(rows);
