@@ -8,8 +8,8 @@
 //! same size reuses it ([`take`]): a training loop writes the same warm pages every step.
 //!
 //! A recycled buffer holds stale values; the kernels then clear every row they write (see
-//! `GradSpec::clear_rows`). Only large buffers are kept, at most [`MAX_KEPT`] per float type
-//! and [`MAX_KEPT_BYTES`] in all; [`release`] frees them.
+//! `GradSpec::clear_rows`). Only large buffers are kept, at most [`MAX_KEPT`] and
+//! [`MAX_KEPT_BYTES`] per float type; [`release`] frees them.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,10 +18,12 @@ use crate::real::Real;
 /// Buffers below this size are left to the allocator: its free lists already serve them
 /// without fresh pages.
 pub const MIN_BYTES: usize = 1 << 20;
-/// The most buffers kept per float type.
-pub const MAX_KEPT: usize = 2;
+/// The most buffers kept per float type: a training step has one gradient in flight, but a
+/// caller that holds the last gradient while computing the next (or alternates two kinds of
+/// calls) needs a few to avoid evicting a buffer it is about to reuse.
+pub const MAX_KEPT: usize = 4;
 /// The most bytes kept per float type; a larger buffer is freed at once.
-pub const MAX_KEPT_BYTES: usize = 1 << 30;
+pub const MAX_KEPT_BYTES: usize = 512 << 20;
 
 /// The kept buffers of one float type.
 pub type Pool<F> = Mutex<Vec<Vec<F>>>;

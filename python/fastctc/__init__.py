@@ -342,11 +342,11 @@ def empty_cache() -> int:
     """Frees the gradient buffers fastctc keeps for reuse; returns the bytes freed.
 
     When a gradient of 1 MiB or more is freed (the NumPy array, or a torch tensor viewing
-    it, goes away), fastctc keeps its memory, at most two buffers per float type, and
-    writes the next gradient of about the same size into it. A training loop then skips
-    the operating system's page faults and zeroing of a fresh buffer on every step (a fifth
-    to a third of the forward+backward time with a large vocabulary). This returns that
-    memory, for example once training is over. It never affects results.
+    it, goes away), fastctc keeps its memory (at most four buffers and 512 MiB per float
+    type) and writes the next gradient of about the same size into it. A training loop
+    then skips the operating system's page faults and zeroing of a fresh buffer on every
+    step (a fifth to a half of the forward+backward time with a large vocabulary). This
+    returns that memory, for example once training is over. It never affects results.
 
     Returns
     -------
