@@ -160,7 +160,13 @@ fn gradient_array<'py, F: Float>(py: Python<'py>, grad: Array3<F>) -> PyResult<B
         return Ok(grad.into_pyarray(py).into_any());
     }
     let shape = grad.raw_dim();
-    let (buffer, _) = grad.into_raw_vec_and_offset();
+    let len = grad.len();
+    let (mut buffer, offset) = grad.into_raw_vec_and_offset();
+    let offset = offset.unwrap_or(0);
+    if offset != 0 || buffer.len() != len {
+        // An array over part of its buffer (the kernels never return one): keep that part.
+        buffer = buffer[offset..offset + len].to_vec();
+    }
     // The heap block does not move when the Vec moves into its owner.
     let data = buffer.as_ptr();
     let owner = Bound::new(
