@@ -7,6 +7,7 @@ Usage::
     python benches/compare.py --varied              # add rows with random lengths
     python benches/compare.py --shapes "ASR long,BPE vocabulary" --threads 1
     python benches/compare.py --markdown bench.md --plot bench.png
+    python benches/compare.py --fresh-buffers       # no recycled gradient buffers
 
 What is timed, per shape (T, N, C, S) and per thread count:
 
@@ -24,6 +25,11 @@ What is timed, per shape (T, N, C, S) and per thread count:
   lengths uniform in [S/2, S], raised where needed so that every sample has an alignment. Its
   "relative throughput" is lattice cells (sum of input_length * (2 * target_length + 1)) per
   second, divided by the same with full lengths: 1.0 means the time shrinks with the work.
+
+fastctc recycles the memory of a freed gradient for the next call of about its size
+(``fastctc.empty_cache``); back-to-back calls, as here, then write a buffer that is still
+warm in the cache, a best case for the large shapes. ``--fresh-buffers`` empties that cache
+before every call (untimed), so that each gradient lands in memory the system must fault in.
 
 Inputs are float32 ``log_softmax`` of standard normal logits, targets uniform in [1, C), blank
 0, reduction "mean". Contenders alternate on every repeat (in a random order each round), so
@@ -399,10 +405,15 @@ class Timing:
         return n >= self.max_repeats or (n >= self.min_repeats and sum(samples) >= self.budget)
 
 
-def measure(contenders: Sequence[tuple[str, Runner]], timing: Timing) -> dict[str, list[float]]:
+def measure(
+    contenders: Sequence[tuple[str, Runner]],
+    timing: Timing,
+    before_each: Callable[[], object] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each contender, interleaved: each round runs every contender that
     still needs repeats once, in a fresh random order. (A rotating order keeps the same cyclic
-    neighbours: whoever follows torch would always pay for torch's still-spinning threads.)"""
+    neighbours: whoever follows torch would always pay for torch's still-spinning threads.)
+    ``before_each`` runs before every timed call, untimed."""
     for _, run in contenders:
         run()  # warm up: first-call allocations, tracing, JIT compilation
     samples: dict[str, list[float]] = {name: [] for name, _ in contenders}
@@ -416,6 +427,8 @@ def measure(contenders: Sequence[tuple[str, Runner]], timing: Timing) -> dict[st
                 break
             random.Random(round_).shuffle(pending)
             for name, run in pending:
+                if before_each is not None:
+                    before_each()
                 start = time.perf_counter()
                 run()
                 samples[name].append(time.perf_counter() - start)
@@ -520,6 +533,7 @@ class Results:
     notes: dict[str, str]
     varied: bool
     timing: Timing
+    fresh_buffers: bool = False
     checks: dict[str, Check] = field(default_factory=dict)
     varied_checks: dict[str, Check] = field(default_factory=dict)
     cells: dict[str, float] = field(default_factory=dict)
@@ -551,8 +565,12 @@ def run_benchmark(
     varied: bool,
     seed: int,
     progress: Progress,
+    fresh_buffers: bool = False,
 ) -> Results:
-    results = Results(shapes, threads, [torch, *others], notes, varied, timing)
+    results = Results(shapes, threads, [torch, *others], notes, varied, timing, fresh_buffers)
+    # fastctc recycles freed gradient buffers (fastctc.empty_cache); --fresh-buffers frees
+    # them before every call, so that each gradient lands in memory the system must fault in.
+    before_each = fastctc.empty_cache if fresh_buffers else None
     frameworks: list[Framework] = [torch, *others]
     for shape_name in shapes:
         # Seeded by the shape's place in SHAPES, so --shapes does not change its batch.
@@ -598,7 +616,7 @@ def run_benchmark(
                 framework.set_threads(n)
             for block, contenders in blocks:
                 progress.start(f"{shape_name}, {n} thread{'s' if n > 1 else ''}, {block}")
-                results.samples[shape_name, n, block] = measure(contenders, timing)
+                results.samples[shape_name, n, block] = measure(contenders, timing, before_each)
                 progress.advance()
         del blocks
         gc.collect()
@@ -717,6 +735,12 @@ def markdown(results: Results, command: str, load_before: float, load_after: flo
     out += [
         f'- Timing: {how}, contenders interleaved; float32, blank 0, reduction "mean"; '
         f"{datetime.date.today().isoformat()}",
+        "- fastctc's gradient buffers: "
+        + (
+            "fresh for every call (--fresh-buffers: fastctc.empty_cache() before each call)"
+            if results.fresh_buffers
+            else "recycled, the default (a freed gradient's memory is reused by the next call)"
+        ),
         f"- Command: `{command}`",
         "",
         "### Shapes and correctness",
@@ -945,6 +969,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip", type=parse_skip, default=set(), help="do not use: tensorflow, optax"
     )
+    parser.add_argument(
+        "--fresh-buffers",
+        action="store_true",
+        help="free fastctc's recycled gradient buffers before every call (untimed)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
@@ -1009,6 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.varied,
             args.seed,
             progress,
+            args.fresh_buffers,
         )
     finally:
         progress.close()
