@@ -201,6 +201,36 @@ def test_unbatched_input(rng):
     assert_same(cpu, gpu, np.float32)
 
 
+def test_a_recycled_buffer_gives_the_reference_gradient(gpu):
+    """A freed gradient of 1 MiB or more is reused by the next call of its size
+    (src/buffers.rs); the GPU path clears it before unpacking. The freed buffer is filled with
+    NaN first, so rows left stale (frames past an input length, an empty sample) show up.
+    float64 too where the adapter has float64 shaders."""
+    rng = np.random.default_rng(41)
+    case = make_case(rng, 40, 20, 400, 15, min_input_length=10)
+    case.input_lengths[0] = 0  # every frame of sample 0 is past its end
+    case.targets[0] = []
+    case.target_lengths[0] = 0
+    dtypes = [np.float32, np.float64] if gpu["shader_f64"] else [np.float32]
+    for dtype in dtypes:
+        lp = case.log_probs.astype(dtype)
+        args = (lp, case.padded(0), case.input_lengths, case.target_lengths)
+        fastctc.empty_cache()
+        try:
+            _, stale = fastctc.ctc_loss_and_grad(*args, device="gpu")
+            stale.fill(np.nan)
+            where = stale.__array_interface__["data"][0]
+            del stale
+            loss, grad = fastctc.ctc_loss_and_grad(*args, device="gpu")
+            assert grad.__array_interface__["data"][0] == where, "the buffer was not reused"
+        finally:
+            fastctc.empty_cache()
+        ref = case.reference("mean", log_probs=lp)
+        tol = 1e-5 if dtype == np.float32 else 1e-9
+        np.testing.assert_allclose(loss, ref.loss, rtol=tol)
+        np.testing.assert_allclose(grad, ref.grad_log_probs, rtol=0, atol=tol)
+
+
 # --- sizes ----------------------------------------------------------------------------------
 
 

@@ -474,10 +474,24 @@ pub(crate) fn run<F: GpuFloat>(
     }
     let chunks = plan::plan(jobs, budget, elem);
 
-    // vec! of zeros is calloc: frames past an input length cost nothing.
     let mut grad = match with_grad {
         true => {
-            let zeros = vec![F::ZERO; t_max * batch * classes];
+            let len = t_max * batch * classes;
+            let zeros = match crate::buffers::take::<F>(len) {
+                // A recycled buffer (see crate::buffers) holds stale values, and unpacking
+                // writes only the rows inside each input length: clear it, which costs
+                // less than faulting in fresh pages.
+                Some(mut buffer) => {
+                    threads::install(|| {
+                        buffer
+                            .par_chunks_mut(1 << 16)
+                            .for_each(|chunk| chunk.fill(F::ZERO))
+                    });
+                    buffer
+                }
+                // vec! of zeros is calloc: frames past an input length cost nothing.
+                None => vec![F::ZERO; len],
+            };
             let shape = match problem.options.layout {
                 Layout::Tnc => (t_max, batch, classes),
                 Layout::Ntc => (batch, t_max, classes),
