@@ -1,8 +1,8 @@
 //! Runtime instruction-set dispatch: one portable binary, the widest vectors the CPU has.
 //!
-//! The kernels in `lattice.rs` are `#[inline(always)]` generic bodies. Each entry point here
-//! compiles them once more inside a `#[target_feature]` function, and picks the best version
-//! the running CPU supports (detected once).
+//! The kernels in `lattice.rs` and `lockstep.rs` are `#[inline(always)]` generic bodies.
+//! Each entry point here (`dispatched!`) compiles them once more inside a `#[target_feature]`
+//! function per level, and picks the best version the running CPU supports (detected once).
 
 use std::sync::OnceLock;
 
@@ -70,140 +70,69 @@ pub fn level() -> SimdLevel {
     *LEVEL.get_or_init(detect)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::*;
+/// Defines `pub fn $name`, which runs the `#[inline(always)]` kernel `$kernel` compiled for
+/// the widest level the CPU supports: once more inside a `#[target_feature]` function per
+/// level, and as is for the baseline.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $kernel:path;) => {
+        $(#[$doc])*
+        pub fn $name<F: FastMath>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<F: FastMath>($($arg: $ty),*) -> $ret {
+                    $kernel($($arg),*)
+                }
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512<F: FastMath>($($arg: $ty),*) -> $ret {
+                    $kernel($($arg),*)
+                }
+                match level() {
+                    // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those
+                    // features.
+                    SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    // SAFETY: as above.
+                    SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    SimdLevel::Baseline => {}
+                }
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
 
-    #[target_feature(enable = "avx2,fma")]
-    pub fn forward_avx2<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
-        lattice::forward(x, ws)
-    }
+dispatched! {
+    /// The log-likelihood of one sample (two rows of memory).
+    fn log_likelihood(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 = lattice::forward;
+}
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn forward_avx512<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
-        lattice::forward(x, ws)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn group_forward_avx2<F: FastMath>(
-        xs: &[SampleRef<'_, F>],
-        ws: &mut GroupWorkspace<F>,
-    ) -> Vec<Option<f64>> {
-        lockstep::forward(xs, ws)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn group_forward_avx512<F: FastMath>(
-        xs: &[SampleRef<'_, F>],
-        ws: &mut GroupWorkspace<F>,
-    ) -> Vec<Option<f64>> {
-        lockstep::forward(xs, ws)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn group_forward_backward_avx2<F: FastMath>(
-        xs: &[SampleRef<'_, F>],
-        ws: &mut GroupWorkspace<F>,
-        grads: &mut [ArrayViewMut2<'_, F>],
-        specs: &[GradSpec<F>],
-    ) -> Vec<Option<f64>> {
-        lockstep::forward_backward(xs, ws, grads, specs)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn group_forward_backward_avx512<F: FastMath>(
-        xs: &[SampleRef<'_, F>],
-        ws: &mut GroupWorkspace<F>,
-        grads: &mut [ArrayViewMut2<'_, F>],
-        specs: &[GradSpec<F>],
-    ) -> Vec<Option<f64>> {
-        lockstep::forward_backward(xs, ws, grads, specs)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn forward_backward_avx2<F: FastMath>(
+dispatched! {
+    /// The log-likelihood of one sample and its gradient rows.
+    fn log_likelihood_and_grad(
         x: &SampleRef<'_, F>,
         ws: &mut Workspace<F>,
         grad: ArrayViewMut2<'_, F>,
-        spec: GradSpec<F>,
-    ) -> f64 {
-        lattice::forward_backward(x, ws, grad, spec)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn forward_backward_avx512<F: FastMath>(
-        x: &SampleRef<'_, F>,
-        ws: &mut Workspace<F>,
-        grad: ArrayViewMut2<'_, F>,
-        spec: GradSpec<F>,
-    ) -> f64 {
-        lattice::forward_backward(x, ws, grad, spec)
-    }
+        spec: GradSpec<F>
+    ) -> f64 = lattice::forward_backward;
 }
 
-/// The log-likelihood of one sample (two rows of memory).
-pub fn log_likelihood<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
-    match level() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those features.
-        SimdLevel::Avx2 => unsafe { x86::forward_avx2(x, ws) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        SimdLevel::Avx512 => unsafe { x86::forward_avx512(x, ws) },
-        _ => lattice::forward(x, ws),
-    }
+dispatched! {
+    /// The log-likelihoods of up to `lockstep::LANES` samples side by side; `None` for a
+    /// sample the group leaves to `log_likelihood`.
+    fn group_log_likelihood(
+        xs: &[SampleRef<'_, F>],
+        ws: &mut GroupWorkspace<F>
+    ) -> Vec<Option<f64>> = lockstep::forward;
 }
 
-/// The log-likelihood of one sample and its gradient rows.
-pub fn log_likelihood_and_grad<F: FastMath>(
-    x: &SampleRef<'_, F>,
-    ws: &mut Workspace<F>,
-    grad: ArrayViewMut2<'_, F>,
-    spec: GradSpec<F>,
-) -> f64 {
-    match level() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those features.
-        SimdLevel::Avx2 => unsafe { x86::forward_backward_avx2(x, ws, grad, spec) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        SimdLevel::Avx512 => unsafe { x86::forward_backward_avx512(x, ws, grad, spec) },
-        _ => lattice::forward_backward(x, ws, grad, spec),
-    }
-}
-
-/// The log-likelihoods of up to `lockstep::LANES` samples side by side; `None` for a sample
-/// the group leaves to `log_likelihood`.
-pub fn group_log_likelihood<F: FastMath>(
-    xs: &[SampleRef<'_, F>],
-    ws: &mut GroupWorkspace<F>,
-) -> Vec<Option<f64>> {
-    match level() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those features.
-        SimdLevel::Avx2 => unsafe { x86::group_forward_avx2(xs, ws) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        SimdLevel::Avx512 => unsafe { x86::group_forward_avx512(xs, ws) },
-        _ => lockstep::forward(xs, ws),
-    }
-}
-
-/// The log-likelihoods and gradient rows of up to `lockstep::LANES` samples side by side;
-/// `None` for a sample the group leaves to `log_likelihood_and_grad` (its rows untouched).
-pub fn group_log_likelihood_and_grad<F: FastMath>(
-    xs: &[SampleRef<'_, F>],
-    ws: &mut GroupWorkspace<F>,
-    grads: &mut [ArrayViewMut2<'_, F>],
-    specs: &[GradSpec<F>],
-) -> Vec<Option<f64>> {
-    match level() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` returns Avx2/Avx512 only when the CPU reports those features.
-        SimdLevel::Avx2 => unsafe { x86::group_forward_backward_avx2(xs, ws, grads, specs) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        SimdLevel::Avx512 => unsafe { x86::group_forward_backward_avx512(xs, ws, grads, specs) },
-        _ => lockstep::forward_backward(xs, ws, grads, specs),
-    }
+dispatched! {
+    /// The log-likelihoods and gradient rows of up to `lockstep::LANES` samples side by
+    /// side; `None` for a sample the group leaves to `log_likelihood_and_grad` (its rows
+    /// untouched).
+    fn group_log_likelihood_and_grad(
+        xs: &[SampleRef<'_, F>],
+        ws: &mut GroupWorkspace<F>,
+        grads: &mut [ArrayViewMut2<'_, F>],
+        specs: &[GradSpec<F>]
+    ) -> Vec<Option<f64>> = lockstep::forward_backward;
 }

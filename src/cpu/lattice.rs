@@ -777,6 +777,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     // ws.distinct_classes was filled by the forward pass.
     let scale = spec.scale.to_f64();
     let shift = occupancy_shift::<X>(log_lik);
+    let clear_rows = spec.clear_rows && spec.wrt == GradWrt::LogProbs;
 
     // The gradient rows are fresh memory whose lines miss the cache on their first store:
     // for rows of more than a few lines (which stay cached), the lines of the next row to
@@ -878,21 +879,14 @@ fn forward_backward_in<F: FastMath, X: Extended>(
                 }
             };
         }
+        // A recycled row holds stale values; the logits gradient above already wrote it whole.
+        if clear_rows {
+            row.fill(F::ZERO);
+        }
         // A plain slice when the row is contiguous (the usual layouts): no stride arithmetic.
-        let clear = spec.clear_rows && spec.wrt == GradWrt::LogProbs;
         match row.as_slice_mut() {
-            Some(out) => {
-                if clear {
-                    out.fill(F::ZERO);
-                }
-                write_classes!(out)
-            }
-            None => {
-                if clear {
-                    row.fill(F::ZERO);
-                }
-                write_classes!(row)
-            }
+            Some(out) => write_classes!(out),
+            None => write_classes!(row),
         }
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).

@@ -685,7 +685,7 @@ fn backward_pass<F: FastMath, X: Extended>(
             let mut row = grads[k].row_mut(t);
             let lp = x.log_probs.row(t);
             // softmax of the input row for the logits gradient, as in
-            // `lattice::forward_backward_in`; the log_probs row is zero on entry or cleared here.
+            // `lattice::forward_backward_in`; the log_probs row is zero (fresh or cleared below).
             let shift = F::from_f64(ws.log_norm[t * LANES + k]);
             macro_rules! write_row {
                 ($out:expr, $lp:expr) => {{
@@ -695,9 +695,6 @@ fn backward_pass<F: FastMath, X: Extended>(
                         }
                         $out[x.blank] += blank;
                     } else {
-                        if spec.clear_rows {
-                            $out.fill(F::ZERO);
-                        }
                         $out[x.blank] = blank;
                     }
                     for j in labels {
@@ -705,6 +702,10 @@ fn backward_pass<F: FastMath, X: Extended>(
                         $out[x.labels[j] as usize] += g;
                     }
                 }};
+            }
+            // A recycled row holds stale values; the logits gradient writes it whole.
+            if spec.clear_rows && spec.wrt == GradWrt::LogProbs {
+                row.fill(F::ZERO);
             }
             // Plain slices when the rows are contiguous (the usual layouts).
             match (row.as_slice_mut(), lp.as_slice()) {
