@@ -510,6 +510,39 @@ def test_non_native_byte_order(rng):
     np.testing.assert_array_equal(got[1], expected[1])
 
 
+class _TaggedArray(np.ndarray):
+    """An ndarray subclass, which argument handling takes the general (converting) path for."""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "form", ["canonical", "subclass", "numpy_blank", "strided", "readonly", "int32_lengths"]
+)
+def test_argument_forms_match_reference(form, dtype, rng):
+    # Already-canonical arguments (native float (T, N, C), int64 targets and lengths, an int
+    # blank) skip the conversions; every other form converts first. Both give the reference.
+    case = make_case(rng, 9, 4, 6, 4, blank=2)
+    lp = case.log_probs.astype(dtype)
+    targets, il, tl = case.padded(0), case.input_lengths, case.target_lengths
+    blank = 2
+    if form == "subclass":
+        lp, targets, il, tl = (a.view(_TaggedArray) for a in (lp, targets, il, tl))
+    elif form == "numpy_blank":
+        blank = np.int64(-4)
+    elif form == "strided":
+        lp = np.swapaxes(np.ascontiguousarray(np.swapaxes(lp, 0, 2)), 0, 2)
+    elif form == "readonly":
+        for a in (lp, targets, il, tl):
+            a.flags.writeable = False
+    elif form == "int32_lengths":
+        il, tl = il.astype(np.int32), tl.astype(np.int32)
+    loss, grad = fastctc.ctc_loss_and_grad(lp, targets, il, tl, blank, reduction="sum")
+    expected = case.reference(reduction="sum")
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert float(loss) == pytest.approx(float(expected.loss), rel=tol)
+    np.testing.assert_allclose(grad, expected.grad_log_probs, atol=tol)
+
+
 def test_targets_as_nested_lists(rng):
     case = make_case(rng, 6, 2, 4, 3)
     args = (case.log_probs,)
