@@ -296,6 +296,46 @@ def test_nan_after_every_path_died_gives_inf(rng, device="cpu"):
     assert np.all(grad[:, 0] == 0) and np.all(np.isnan(grad[:, 1]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", ["never", "always"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_rule_covers_every_read_class_and_frame(bad, groups, dtype, rng, monkeypatch):
+    """The documented rule: a NaN or +inf at a frame within the input length, of the blank or
+    of a target label, makes the loss NaN, even where no path of the lattice passes (the
+    last label at frame 0, the first label at the last frame); elsewhere (another class, a
+    frame past the input length) it is never read. Both kernels: samples one by one, and
+    side by side in a group."""
+    monkeypatch.setenv("FASTCTC_GROUPS", groups)
+    T, C, S, batch = 12, 7, 4, 16
+    places = ["last_label_first_frame", "first_label_last_frame", "blank", "other", "past"]
+    lp = log_softmax(rng.normal(size=(T, batch, C))).astype(dtype)
+    targets = np.zeros((batch, S), dtype=np.int64)
+    input_lengths = np.full(batch, T - 2)
+    expect_nan = []
+    for n in range(batch):
+        targets[n] = rng.permutation(np.arange(2, C))[:S]  # never class 1 nor the blank 0
+        place = places[n % len(places)]
+        t, c = {
+            "last_label_first_frame": (0, targets[n, -1]),
+            "first_label_last_frame": (T - 3, targets[n, 0]),
+            "blank": (int(rng.integers(T - 2)), 0),
+            "other": (int(rng.integers(T - 2)), 1),
+            "past": (T - 1, targets[n, 0]),
+        }[place]
+        lp[t, n, c] = bad
+        expect_nan.append(place not in ("other", "past"))
+    losses = fastctc.ctc_loss(lp, targets, input_lengths, np.full(batch, S), reduction="none")
+    for n in range(batch):
+        if expect_nan[n]:
+            assert np.isnan(losses[n]), n
+        else:
+            clean = lp[: T - 2, n].copy()
+            clean[~np.isfinite(clean)] = 0.0  # the unread entry
+            expected = ctc_sample(clean.astype(np.float64), targets[n]).loss
+            tol = 1e-10 if dtype == np.float64 else 1e-5
+            assert float(losses[n]) == pytest.approx(expected, rel=tol), n
+
+
 def test_neg_inf_log_probs_get_zero_gradient(rng):
     case = make_case(rng, 7, 3, 5, 3, normalised=False)
     lp = case.log_probs.copy()

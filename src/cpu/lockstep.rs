@@ -16,6 +16,8 @@
 use ndarray::ArrayViewMut2;
 
 #[cfg(target_arch = "x86_64")]
+use super::avx512;
+#[cfg(target_arch = "x86_64")]
 use super::dispatch::{level, SimdLevel};
 use super::fastmath::FastMath;
 use super::lattice::{
@@ -454,7 +456,7 @@ fn gather<F: FastMath>(rows: &[*const F; LANES], offsets: &[isize], raw: &mut [F
         // SAFETY: the only 4-byte `FastMath` type is f32, so the casts are identities; the
         // CPU has AVX-512 F (`level`); the addresses are those the scalar loop reads.
         unsafe {
-            gather_f32_avx512(
+            avx512::gather_lanes_f32(
                 &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
                 offsets,
                 &mut *(raw as *mut [F] as *mut [f32]),
@@ -467,37 +469,6 @@ fn gather<F: FastMath>(rows: &[*const F; LANES], offsets: &[isize], raw: &mut [F
             // SAFETY: see the function's contract.
             raw_row[k] = unsafe { *rows[k].offset(offset_row[k]) };
         }
-    }
-}
-
-/// `gather` for float32 with AVX-512 gathers, 8 lanes per instruction: the scalar loop
-/// (two loads and a store per element) was 17% of a short group's forward pass.
-///
-/// # Safety
-/// The CPU must have AVX-512 F, and `rows` and `offsets` must meet `gather`'s contract.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn gather_f32_avx512(rows: &[*const f32; LANES], offsets: &[isize], raw: &mut [f32]) {
-    use std::arch::x86_64::*;
-    const HALF: usize = 8;
-    const { assert!(LANES == 2 * HALF) };
-    // Each lane's row as an element distance from lane 0's row (rows of one float32
-    // array, or of several: a pointer difference of 4-byte-aligned addresses either way).
-    let base = rows[0];
-    let mut distance = [0i64; LANES];
-    for (d, &row) in distance.iter_mut().zip(rows) {
-        *d = (row as i64 - base as i64) / 4;
-    }
-    let distance_lo = _mm512_loadu_si512(distance.as_ptr().cast());
-    let distance_hi = _mm512_loadu_si512(distance[HALF..].as_ptr().cast());
-    for (raw_row, offset_row) in raw.chunks_exact_mut(LANES).zip(offsets.chunks_exact(LANES)) {
-        let offset_lo = _mm512_loadu_si512(offset_row.as_ptr().cast());
-        let offset_hi = _mm512_loadu_si512(offset_row[HALF..].as_ptr().cast());
-        let lo = _mm512_i64gather_ps::<4>(_mm512_add_epi64(distance_lo, offset_lo), base.cast());
-        let hi = _mm512_i64gather_ps::<4>(_mm512_add_epi64(distance_hi, offset_hi), base.cast());
-        _mm256_storeu_ps(raw_row.as_mut_ptr(), lo);
-        _mm256_storeu_ps(raw_row[HALF..].as_mut_ptr(), hi);
     }
 }
 
@@ -524,7 +495,7 @@ fn read_log_probs_fused<F: FastMath, X: Extended>(
         // f32, so the casts are identities; the CPU has AVX-512 F (`level`); rows and
         // offsets meet `gather`'s contract (the caller's).
         return Some(unsafe {
-            read_log_probs_f32_avx512(
+            avx512::read_lanes_f32(
                 &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
                 offsets,
                 present,
@@ -535,69 +506,6 @@ fn read_log_probs_fused<F: FastMath, X: Extended>(
     }
     let _ = (rows, offsets, present, reading, values);
     None
-}
-
-/// See `read_log_probs_fused`.
-///
-/// # Safety
-/// The CPU must have AVX-512 F, and `rows` and `offsets` must meet `gather`'s contract.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn read_log_probs_f32_avx512(
-    rows: &[*const f32; LANES],
-    offsets: &[isize],
-    present: &[bool],
-    reading: &[bool; LANES],
-    values: &mut [f32],
-) -> ([f32; LANES], [f32; LANES]) {
-    use std::arch::x86_64::*;
-    const HALF: usize = 8;
-    const { assert!(LANES == 2 * HALF) };
-    let base = rows[0];
-    let mut distance = [0i64; LANES];
-    for (d, &row) in distance.iter_mut().zip(rows) {
-        *d = (row as i64 - base as i64) / 4;
-    }
-    let distance_lo = _mm512_loadu_si512(distance.as_ptr().cast());
-    let distance_hi = _mm512_loadu_si512(distance[HALF..].as_ptr().cast());
-    let reading_mask = reading
-        .iter()
-        .enumerate()
-        .fold(0u16, |mask, (k, &r)| mask | (u16::from(r) << k));
-    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let zero = _mm512_setzero_ps();
-    let abs_bits = _mm512_set1_epi32(i32::MAX);
-    let (mut poison, mut span) = (zero, zero);
-    let slots = values
-        .chunks_exact_mut(LANES)
-        .zip(offsets.chunks_exact(LANES))
-        .zip(present.chunks_exact(LANES));
-    for ((v_row, offset_row), present_row) in slots {
-        let offset_lo = _mm512_loadu_si512(offset_row.as_ptr().cast());
-        let offset_hi = _mm512_loadu_si512(offset_row[HALF..].as_ptr().cast());
-        let lo = _mm512_i64gather_ps::<4>(_mm512_add_epi64(distance_lo, offset_lo), base.cast());
-        let hi = _mm512_i64gather_ps::<4>(_mm512_add_epi64(distance_hi, offset_hi), base.cast());
-        let read = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
-            _mm256_castps_pd(hi),
-        ));
-        // bool is one byte, 0 or 1.
-        let present_bytes = _mm_loadu_si128(present_row.as_ptr().cast());
-        let present_mask =
-            _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(present_bytes), _mm512_set1_epi32(1));
-        let v = _mm512_mask_blend_ps(present_mask & reading_mask, neg_inf, read);
-        // -inf (an exact zero) uses no budget; NaN and +inf make `poison` NaN.
-        let x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, neg_inf), v);
-        poison = _mm512_add_ps(poison, _mm512_mul_ps(x, zero));
-        let abs = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), abs_bits));
-        span = _mm512_max_ps(span, abs);
-        _mm512_storeu_ps(v_row.as_mut_ptr(), v);
-    }
-    let (mut poison_out, mut span_out) = ([0.0f32; LANES], [0.0f32; LANES]);
-    _mm512_storeu_ps(poison_out.as_mut_ptr(), poison);
-    _mm512_storeu_ps(span_out.as_mut_ptr(), span);
-    (poison_out, span_out)
 }
 
 /// Spreads one frame's emissions (`[blank, label_0, ...]` per lane) over states `lo..=hi`.

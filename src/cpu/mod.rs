@@ -1,5 +1,7 @@
 //! The CPU backend: samples spread over the thread pool, largest first.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dispatch;
 mod fastmath;
 mod lattice;
