@@ -11,7 +11,7 @@
 //! `GradSpec::clear_rows`). Only large buffers are kept, at most [`MAX_KEPT`] and
 //! [`MAX_KEPT_BYTES`] per float type; [`release`] frees them.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::real::Real;
 
@@ -33,6 +33,18 @@ fn lock<F>(pool: &'static Pool<F>) -> MutexGuard<'static, Vec<Vec<F>>> {
     pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The lock if it is free at once, else `None`: [`take`] and [`give_back`] are shortcuts
+/// that may be skipped, so they never wait. Another thread's call is then not held up, a
+/// NumPy array being freed never blocks, and a child forked while the lock was held (its
+/// holder does not exist there) cannot hang on it.
+fn try_lock<F>(pool: &'static Pool<F>) -> Option<MutexGuard<'static, Vec<Vec<F>>>> {
+    match pool.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
 fn bytes<F>(buffer: &[F]) -> usize {
     std::mem::size_of_val(buffer)
 }
@@ -43,7 +55,7 @@ pub fn take<F: Real>(len: usize) -> Option<Vec<F>> {
     if len * std::mem::size_of::<F>() < MIN_BYTES {
         return None;
     }
-    let mut kept = lock(F::recycled_buffers());
+    let mut kept = try_lock(F::recycled_buffers())?;
     let best = kept
         .iter()
         .enumerate()
@@ -63,7 +75,9 @@ pub fn give_back<F: Real>(buffer: Vec<F>) {
     if !(MIN_BYTES..=MAX_KEPT_BYTES).contains(&size) {
         return;
     }
-    let mut kept = lock(F::recycled_buffers());
+    let Some(mut kept) = try_lock(F::recycled_buffers()) else {
+        return; // freed here
+    };
     kept.push(buffer);
     // Dropped outside the lock: freeing tens of MiB returns pages to the system.
     let mut evicted = Vec::new();

@@ -3,6 +3,10 @@
 //! One pool for the process, sized from `FASTCTC_NUM_THREADS`, else `RAYON_NUM_THREADS`, else
 //! the number of available cores; [`set_num_threads`] replaces it. Kept separate from rayon's
 //! global pool so that resizing works at any time and never fights the caller's own rayon use.
+//!
+//! A forked child (Python's `multiprocessing` on Linux, a PyTorch `DataLoader` worker)
+//! inherits the pool but none of its threads: work handed to it would wait forever. The
+//! pool remembers the process that started it, and a child starts its own, of the same size.
 
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
@@ -10,7 +14,13 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::error::CtcError;
 
-static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+/// The pool, and the process whose threads it has.
+struct OwnedPool {
+    pool: Arc<ThreadPool>,
+    pid: u32,
+}
+
+static POOL: RwLock<Option<OwnedPool>> = RwLock::new(None);
 
 /// The thread count used when none was set: the first positive integer among
 /// `FASTCTC_NUM_THREADS` and `RAYON_NUM_THREADS`, else the number of cores.
@@ -39,19 +49,36 @@ fn build(threads: usize) -> Result<Arc<ThreadPool>, CtcError> {
 }
 
 fn pool() -> Arc<ThreadPool> {
-    if let Some(pool) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        return Arc::clone(pool);
+    let pid = std::process::id();
+    if let Some(owned) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if owned.pid == pid {
+            return Arc::clone(&owned.pool);
+        }
     }
     let mut slot = POOL.write().unwrap_or_else(|e| e.into_inner());
-    if let Some(pool) = slot.as_ref() {
-        return Arc::clone(pool);
-    }
-    let threads = default_num_threads();
+    let threads = match slot.take() {
+        Some(owned) if owned.pid == pid => {
+            let pool = Arc::clone(&owned.pool);
+            *slot = Some(owned);
+            return pool;
+        }
+        Some(inherited) => {
+            // A forked child: the parent's threads do not exist here. Not dropped: that
+            // would signal threads of another process's pool (none of which run here).
+            let threads = inherited.pool.current_num_threads();
+            std::mem::forget(inherited);
+            threads
+        }
+        None => default_num_threads(),
+    };
     // Fall back to one thread if the OS refuses more: computing slowly beats failing.
     let pool = build(threads)
         .or_else(|_| build(1))
         .expect("a one-thread pool can always be built");
-    *slot = Some(Arc::clone(&pool));
+    *slot = Some(OwnedPool {
+        pool: Arc::clone(&pool),
+        pid,
+    });
     pool
 }
 
@@ -63,7 +90,14 @@ pub fn set_num_threads(threads: usize) -> Result<(), CtcError> {
         });
     }
     let pool = build(threads)?;
-    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    let pid = std::process::id();
+    let old = POOL
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(OwnedPool { pool, pid });
+    if let Some(inherited) = old.filter(|old| old.pid != pid) {
+        std::mem::forget(inherited); // as in `pool`
+    }
     Ok(())
 }
 
