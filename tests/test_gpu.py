@@ -537,3 +537,40 @@ def test_nan_after_every_path_died_gives_inf(rng):
     import test_semantics
 
     test_semantics.test_nan_after_every_path_died_gives_inf(rng, device="gpu")
+
+
+def _gpu_loss_in_forked_child(args, queue) -> None:
+    try:
+        fastctc.ctc_loss(*args, device="gpu")
+        queue.put(("no error", ""))
+    except Exception as error:  # noqa: BLE001 (sent back to the test)
+        queue.put((type(error).__name__, str(error)))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs the fork start method")
+def test_a_forked_child_gets_an_error_not_a_hang():
+    """A GPU device does not survive fork (using the inherited one hung): a forked child gets
+    a clear RuntimeError; its CPU backend still works (tests/test_fork.py)."""
+    import multiprocessing
+
+    rng = np.random.default_rng(4)
+    case = make_case(rng, 12, 3, 5, 4)
+    args = (
+        case.log_probs.astype(np.float32),
+        case.padded(0),
+        case.input_lengths,
+        case.target_lengths,
+    )
+    fastctc.ctc_loss(*args, device="gpu")  # the parent has opened the device
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_gpu_loss_in_forked_child, args=(args, queue))
+    child.start()
+    try:
+        kind, message = queue.get(timeout=120)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert kind == "RuntimeError"
+    assert "fork" in message and "spawn" in message

@@ -59,6 +59,9 @@ pub(crate) struct Context {
     f32: Kernels,
     f64: OnceLock<Result<Kernels, CtcError>>,
     lost: Arc<AtomicBool>,
+    /// The process that opened the device: a forked child inherits this context but not
+    /// the device's threads and driver state (using it hung).
+    pid: u32,
     // Kept alive with the device.
     _adapter: wgpu::Adapter,
     _instance: wgpu::Instance,
@@ -70,6 +73,15 @@ static CONTEXT: OnceLock<Result<Context, CtcError>> = OnceLock::new();
 /// would find the same drivers again.
 pub(crate) fn get() -> Result<&'static Context, CtcError> {
     let context = CONTEXT.get_or_init(open).as_ref().map_err(Clone::clone)?;
+    if context.pid != std::process::id() {
+        return Err(CtcError::Gpu {
+            message: "this process was forked from one that had opened the GPU, and a GPU \
+                      device does not survive fork; start GPU workers with the 'spawn' start \
+                      method (multiprocessing.get_context('spawn')), or use device='cpu' in \
+                      forked workers"
+                .to_owned(),
+        });
+    }
     if context.lost.load(Ordering::Relaxed) {
         return Err(CtcError::Gpu {
             message: "the GPU device was lost (driver reset or removal); restart the process"
@@ -322,6 +334,7 @@ fn open() -> Result<Context, CtcError> {
         f32,
         f64: OnceLock::new(),
         lost,
+        pid: std::process::id(),
         _adapter: adapter,
         _instance: instance,
     })
