@@ -71,7 +71,7 @@ pub(super) unsafe fn read_lanes_f32(
     values: &mut [f32],
 ) -> ([f32; LANES], [f32; LANES]) {
     let base = rows[0];
-    let (distance_lo, distance_hi) = row_distances(rows);
+    let distances = row_distances(rows);
     let reading_mask = reading
         .iter()
         .enumerate()
@@ -83,14 +83,7 @@ pub(super) unsafe fn read_lanes_f32(
         .zip(offsets.chunks_exact(LANES))
         .zip(present.chunks_exact(LANES));
     for ((v_row, offset_row), present_row) in slots {
-        let offset_lo = _mm512_loadu_si512(offset_row.as_ptr().cast());
-        let offset_hi = _mm512_loadu_si512(offset_row[HALF..].as_ptr().cast());
-        let read = gather16(
-            base,
-            _mm512_add_epi64(distance_lo, offset_lo),
-            _mm512_add_epi64(distance_hi, offset_hi),
-            ALL,
-        );
+        let read = gather_slot(base, distances, offset_row);
         // A bool is one byte, 0 or 1.
         let present_bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(present_row.as_ptr().cast()));
         let present_mask = _mm512_test_epi32_mask(present_bytes, _mm512_set1_epi32(1));
@@ -116,18 +109,33 @@ pub(super) unsafe fn gather_lanes_f32(
     raw: &mut [f32],
 ) {
     let base = rows[0];
-    let (distance_lo, distance_hi) = row_distances(rows);
+    let distances = row_distances(rows);
     for (raw_row, offset_row) in raw.chunks_exact_mut(LANES).zip(offsets.chunks_exact(LANES)) {
-        let offset_lo = _mm512_loadu_si512(offset_row.as_ptr().cast());
-        let offset_hi = _mm512_loadu_si512(offset_row[HALF..].as_ptr().cast());
-        let read = gather16(
-            base,
-            _mm512_add_epi64(distance_lo, offset_lo),
-            _mm512_add_epi64(distance_hi, offset_hi),
-            ALL,
-        );
+        let read = gather_slot(base, distances, offset_row);
         _mm512_storeu_ps(raw_row.as_mut_ptr(), read);
     }
+}
+
+/// One slot of every lane: `base[distances[k] + offsets[k]]` for the 16 lanes `k`.
+///
+/// # Safety
+/// AVX-512 F; `offsets` at least `LANES` long, and every element addressed inside the
+/// array `base` points into.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn gather_slot(
+    base: *const f32,
+    (distance_lo, distance_hi): (__m512i, __m512i),
+    offsets: &[isize],
+) -> __m512 {
+    let offset_lo = _mm512_loadu_si512(offsets.as_ptr().cast());
+    let offset_hi = _mm512_loadu_si512(offsets[HALF..].as_ptr().cast());
+    gather16(
+        base,
+        _mm512_add_epi64(distance_lo, offset_lo),
+        _mm512_add_epi64(distance_hi, offset_hi),
+        ALL,
+    )
 }
 
 /// Each lane's row as an element distance from lane 0's, as two vectors of 8 (rows of one
