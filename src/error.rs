@@ -62,6 +62,12 @@ pub enum CtcError {
     },
     /// The GPU failed (device lost, out of memory) or cannot hold one sample of the batch.
     Gpu { message: String },
+    /// A buffer the computation needs cannot be allocated (`bytes`: its size, `None` when
+    /// past the address space); see `memory`.
+    OutOfMemory {
+        what: &'static str,
+        bytes: Option<usize>,
+    },
 }
 
 /// The broad class of an error, used to pick the Python exception type.
@@ -75,6 +81,8 @@ pub enum ErrorKind {
     GpuUnavailable,
     /// The machine failed at run time: maps to `RuntimeError`.
     Runtime,
+    /// Not enough memory: maps to `MemoryError`.
+    Memory,
 }
 
 impl CtcError {
@@ -84,6 +92,7 @@ impl CtcError {
             CtcError::GpuUnavailable { .. } => ErrorKind::GpuUnavailable,
             CtcError::GpuUnsupportedDtype { .. } => ErrorKind::Type,
             CtcError::Gpu { .. } => ErrorKind::Runtime,
+            CtcError::OutOfMemory { .. } => ErrorKind::Memory,
             _ => ErrorKind::Value,
         }
     }
@@ -173,6 +182,19 @@ impl fmt::Display for CtcError {
                  pass float32 log_probs (log_probs.astype(numpy.float32)) or use device='cpu'"
             ),
             CtcError::Gpu { message } => write!(f, "device='gpu': {message}"),
+            CtcError::OutOfMemory { what, bytes } => {
+                let size = match bytes {
+                    Some(bytes) => format!("{:.1} GiB", *bytes as f64 / (1u64 << 30) as f64),
+                    None => "more bytes than the address space holds".to_owned(),
+                };
+                write!(
+                    f,
+                    "not enough memory: {what} needs {size}, which cannot be allocated \
+                     (nothing was computed). Split the batch or shorten the samples (a \
+                     broadcast log_probs view still gets a full (T, N, C) gradient); \
+                     ctc_loss alone needs neither a gradient nor a forward table"
+                )
+            }
         }
     }
 }
@@ -229,5 +251,20 @@ mod tests {
             .kind(),
             ErrorKind::Runtime
         );
+    }
+
+    #[test]
+    fn out_of_memory_says_what_and_how_much() {
+        let e = CtcError::OutOfMemory {
+            what: "the gradient",
+            bytes: Some(400 << 30),
+        };
+        assert_eq!(e.kind(), ErrorKind::Memory);
+        assert!(e.to_string().contains("the gradient needs 400.0 GiB"));
+        let e = CtcError::OutOfMemory {
+            what: "the gradient",
+            bytes: None,
+        };
+        assert!(e.to_string().contains("address space"));
     }
 }

@@ -28,6 +28,7 @@ pub mod cpu;
 pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod memory;
 pub mod options;
 pub mod output;
 pub mod problem;
@@ -66,5 +67,11 @@ pub fn ctc<F: cpu::CpuFloat>(
         blank,
         options,
     )?;
+    let work = if with_grad {
+        memory::Work::LossAndGrad
+    } else {
+        memory::Work::Loss
+    };
+    memory::check(&problem, work)?;
     Ok(cpu::compute(&problem, with_grad))
 }

@@ -9,7 +9,7 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -19,7 +19,7 @@ use crate::options::{GradWrt, InputKind, Layout, Options, Reduction};
 use crate::output::CtcOutput;
 use crate::problem::{validate, Problem, Targets};
 use crate::real::Real;
-use crate::{cpu, threads};
+use crate::{cpu, memory, threads};
 
 create_exception!(
     fastctc,
@@ -48,6 +48,7 @@ fn to_py_err(error: CtcError) -> PyErr {
         ErrorKind::Type => CTCTypeError::new_err(error.to_string()),
         ErrorKind::GpuUnavailable => GpuUnavailableError::new_err(error.to_string()),
         ErrorKind::Runtime => PyRuntimeError::new_err(error.to_string()),
+        ErrorKind::Memory => PyMemoryError::new_err(error.to_string()),
     }
 }
 
@@ -260,6 +261,12 @@ fn run<'py, F: Float>(
         options,
     )
     .map_err(to_py_err)?;
+    let work = match job {
+        Job::Loss => memory::Work::Loss,
+        Job::LossAndGrad | Job::Posteriors => memory::Work::LossAndGrad,
+        Job::Align => memory::Work::Align,
+    };
+    memory::check(&problem, work).map_err(to_py_err)?;
 
     let items: Vec<Bound<'py, PyAny>> = match job {
         Job::Loss | Job::LossAndGrad => {

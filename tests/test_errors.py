@@ -326,3 +326,49 @@ def test_errors_leave_the_library_usable(func):
     with pytest.raises(fastctc.CTCInputError):
         call(func, targets=targets)
     np.testing.assert_array_equal(call(fastctc.ctc_loss, reduction="sum"), good)
+
+
+# --------------------------------------------------------------------------------------
+# memory: buffers no machine has are refused before anything is computed (Rust would abort
+# the process on a failed allocation)
+
+
+def _broadcast_log_probs(T, N, C, dtype=np.float32):
+    """A (T, N, C) view of one row: no memory of its own, however large its shape."""
+    row = np.log(np.full((1, 1, C), 1.0 / C, dtype=dtype))
+    return np.broadcast_to(row, (T, N, C))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("entry", ["ctc_loss_and_grad", "ctc_posteriors"])
+def test_a_gradient_no_machine_holds_is_a_memory_error(entry, dtype):
+    lp = _broadcast_log_probs(10**6, 1000, 1000, dtype)  # a 4-8 TB gradient
+    args = (lp, np.ones((1000, 1), dtype=np.int64), np.full(1000, 2), np.full(1000, 1))
+    with pytest.raises(MemoryError, match=r"not enough memory: the gradient needs [0-9.]+ GiB"):
+        getattr(fastctc, entry)(*args)
+
+
+def test_a_forward_table_no_machine_holds_is_a_memory_error():
+    # One sample of 10^6 frames and 10^5 labels: a 1.6 TB forward table, a small gradient.
+    lp = _broadcast_log_probs(10**6, 1, 3)
+    targets = np.tile([1, 2], 50_000)[np.newaxis, :]
+    with pytest.raises(MemoryError, match="the forward table of the longest sample"):
+        fastctc.ctc_loss_and_grad(lp, targets, [10**6], [10**5])
+
+
+def test_alignment_outputs_no_machine_holds_are_a_memory_error():
+    lp = _broadcast_log_probs(10**7, 10**5, 2)  # (N, T) outputs of 10^12 entries
+    args = (lp, np.ones((10**5, 1), dtype=np.int64), np.full(10**5, 2), np.full(10**5, 1))
+    with pytest.raises(MemoryError, match="not enough memory"):
+        fastctc.ctc_align(*args)
+
+
+def test_a_large_broadcast_view_still_computes_its_loss():
+    # ctc_loss keeps no gradient and no table: the same view computes (and matches a
+    # dense copy of the first frames' worth).
+    lp = _broadcast_log_probs(2000, 1000, 10)
+    targets = np.ones((1000, 1), dtype=np.int64)
+    loss = fastctc.ctc_loss(lp, targets, np.full(1000, 20), np.full(1000, 1), reduction="none")
+    dense = np.ascontiguousarray(lp[:20, :1])
+    one = fastctc.ctc_loss(dense, targets[:1], [20], [1], reduction="none")
+    np.testing.assert_allclose(loss, np.full(1000, one[0]), rtol=1e-6)

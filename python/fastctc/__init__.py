@@ -235,6 +235,12 @@ def ctc_loss_and_grad(
         ``"none"``: the gradient of ``loss.sum()``), zero on frames past each input length.
         A sample with infinite loss gets NaN on its frames, or 0 with ``zero_infinity``.
 
+    Raises
+    ------
+    MemoryError
+        When the gradient or the forward table of the longest sample cannot be allocated
+        (checked before anything is computed); and as :func:`ctc_loss`.
+
     Examples
     --------
     Each frame's occupancies sum to one, so each row of the true gradient sums to -1:
