@@ -16,11 +16,11 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 #[cfg(target_arch = "x86_64")]
-use super::avx512;
-#[cfg(target_arch = "x86_64")]
 use super::dispatch::{level, SimdLevel};
 use super::fastmath::FastMath;
 use super::scaled::{add2, ln, Extended, Narrow, Wide};
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
 use crate::options::GradWrt;
 
 /// Leading (forward) or trailing (backward) zero pads, so `s - 2` and `s + 2` need no checks.
@@ -226,7 +226,7 @@ fn frame_span<F: FastMath>(frame: &[F], norm: f64) -> f64 {
 
 /// The element offsets of the blank and each label in a row of `x`'s input; empty when
 /// `read_checked` reads with `read_frame` (anything but float32 log-probabilities on
-/// AVX-512).
+/// AVX-512 or AVX2).
 fn fill_slot_offsets<F: FastMath>(x: &SampleRef<'_, F>, offsets: &mut Vec<i64>) {
     offsets.clear();
     if !fused_reads::<F>(x) {
@@ -241,12 +241,15 @@ fn fill_slot_offsets<F: FastMath>(x: &SampleRef<'_, F>, offsets: &mut Vec<i64>) 
     }
 }
 
-/// Whether frames of `x` are read by `avx512::read_row_f32`.
+/// Whether frames of `x` are read by `avx512::read_row_f32` or `avx2::read_row_f32`.
 #[inline(always)]
 fn fused_reads<F: FastMath>(x: &SampleRef<'_, F>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        F::NARROW && std::mem::size_of::<F>() == 4 && !x.logits && level() == SimdLevel::Avx512
+        F::NARROW
+            && std::mem::size_of::<F>() == 4
+            && !x.logits
+            && matches!(level(), SimdLevel::Avx512 | SimdLevel::Avx2)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -256,9 +259,9 @@ fn fused_reads<F: FastMath>(x: &SampleRef<'_, F>) -> bool {
 }
 
 /// `read_frame` and then, with `need_span`, `frame_span`: whether the frame is free of NaN
-/// and `+inf`, and its span (else 0). For float32 log-probabilities on AVX-512 in one pass (`slot_offsets` filled by
-/// `fill_slot_offsets`): the scalar loads and the two checking passes were a quarter of the
-/// forward pass of a 29-class, 100-label sample.
+/// and `+inf`, and its span (else 0). For float32 log-probabilities on AVX-512 or AVX2 in
+/// one pass (`slot_offsets` filled by `fill_slot_offsets`): the scalar loads and the two
+/// checking passes were a quarter of the forward pass of a 29-class, 100-label sample.
 #[inline(always)]
 fn read_checked<F: FastMath>(
     x: &SampleRef<'_, F>,
@@ -272,15 +275,16 @@ fn read_checked<F: FastMath>(
     if !slot_offsets.is_empty() && slot_offsets.len() == out.len() && fused_reads::<F>(x) {
         let row = x.log_probs.row(t).as_ptr();
         // SAFETY: `fused_reads` holds, so F is f32 (the only 4-byte `FastMath` type: the
-        // casts are identities) and the CPU has AVX-512 F; every offset is a class below
-        // the row's length times the row's stride (`fill_slot_offsets` checks), so every
-        // element read lies inside the array the row views.
-        let (clean, span) = unsafe {
-            avx512::read_row_f32(
-                row.cast::<f32>(),
-                slot_offsets,
-                &mut *(out as *mut [F] as *mut [f32]),
-            )
+        // cast is an identity); every offset is a class below the row's length times the
+        // row's stride (`fill_slot_offsets` checks), so every element read lies inside the
+        // array the row views.
+        let out = unsafe { &mut *(out as *mut [F] as *mut [f32]) };
+        let (clean, span) = if level() == SimdLevel::Avx512 {
+            // SAFETY: as above, and the CPU has AVX-512 F.
+            unsafe { avx512::read_row_f32(row.cast::<f32>(), slot_offsets, out) }
+        } else {
+            // SAFETY: as above, and the CPU has AVX2 (`fused_reads`).
+            unsafe { avx2::read_row_f32(row.cast::<f32>(), slot_offsets, out) }
         };
         return (clean, f64::from(span));
     }

@@ -1,6 +1,8 @@
 //! The CPU backend: samples spread over the thread pool, largest first.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dispatch;
 mod fastmath;
