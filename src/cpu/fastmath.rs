@@ -12,6 +12,15 @@
 // included; the compiler rounds them to the nearest representable value.
 #![allow(clippy::excessive_precision)]
 
+/// Whether `F` is `f32`, for the hand-written float32 paths (`avx512.rs`, `avx2.rs`) that
+/// reinterpret `F` slices as `f32` ones: decided by type identity, so that no other
+/// implementation of these public traits can reach them (the compiler folds it to a
+/// constant).
+#[inline(always)]
+pub(super) fn is_f32<F: 'static>() -> bool {
+    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
+}
+
 /// A float the lattice kernels can run in, with the exp they should use.
 pub trait FastMath: crate::real::Real {
     /// `exp(x)`: 0 for `-inf`, `inf` on overflow, NaN for NaN.

@@ -17,7 +17,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 #[cfg(target_arch = "x86_64")]
 use super::dispatch::{level, SimdLevel};
-use super::fastmath::FastMath;
+use super::fastmath::{is_f32, FastMath};
 use super::scaled::{add2, ln, Extended, Narrow, Wide};
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
@@ -246,10 +246,7 @@ fn fill_slot_offsets<F: FastMath>(x: &SampleRef<'_, F>, offsets: &mut Vec<i64>) 
 fn fused_reads<F: FastMath>(x: &SampleRef<'_, F>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        F::NARROW
-            && std::mem::size_of::<F>() == 4
-            && !x.logits
-            && matches!(level(), SimdLevel::Avx512 | SimdLevel::Avx2)
+        is_f32::<F>() && !x.logits && matches!(level(), SimdLevel::Avx512 | SimdLevel::Avx2)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -274,10 +271,10 @@ fn read_checked<F: FastMath>(
     #[cfg(target_arch = "x86_64")]
     if !slot_offsets.is_empty() && slot_offsets.len() == out.len() && fused_reads::<F>(x) {
         let row = x.log_probs.row(t).as_ptr();
-        // SAFETY: `fused_reads` holds, so F is f32 (the only 4-byte `FastMath` type: the
-        // cast is an identity); every offset is a class below the row's length times the
-        // row's stride (`fill_slot_offsets` checks), so every element read lies inside the
-        // array the row views.
+        // SAFETY: `fused_reads` holds, so F is f32 (`is_f32`: the cast is an identity);
+        // every offset is a class below the row's length times the row's stride
+        // (`fill_slot_offsets` checks), so every element read lies inside the array the row
+        // views.
         let out = unsafe { &mut *(out as *mut [F] as *mut [f32]) };
         let (clean, span) = if level() == SimdLevel::Avx512 {
             // SAFETY: as above, and the CPU has AVX-512 F.

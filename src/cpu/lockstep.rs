@@ -19,7 +19,7 @@ use ndarray::ArrayViewMut2;
 use super::avx512;
 #[cfg(target_arch = "x86_64")]
 use super::dispatch::{level, SimdLevel};
-use super::fastmath::FastMath;
+use super::fastmath::{is_f32, FastMath};
 use super::lattice::{
     combine3, end_log_likelihood, ensure_len, fill_distinct_classes, fill_prefetch_lines,
     log_sum_exp, min_frames, occupancy, occupancy_shift, prefetch_lines, reset, times, two_rows,
@@ -452,9 +452,9 @@ fn read_frame<F: FastMath, X: Extended>(
 #[inline(always)]
 fn gather<F: FastMath>(rows: &[*const F; LANES], offsets: &[isize], raw: &mut [F]) {
     #[cfg(target_arch = "x86_64")]
-    if F::NARROW && std::mem::size_of::<F>() == 4 && level() == SimdLevel::Avx512 {
-        // SAFETY: the only 4-byte `FastMath` type is f32, so the casts are identities; the
-        // CPU has AVX-512 F (`level`); the addresses are those the scalar loop reads.
+    if is_f32::<F>() && level() == SimdLevel::Avx512 {
+        // SAFETY: F is f32 (`is_f32`), so the casts are identities; the CPU has AVX-512 F
+        // (`level`); the addresses are those the scalar loop reads.
         unsafe {
             avx512::gather_lanes_f32(
                 &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
@@ -486,13 +486,9 @@ fn read_log_probs_fused<F: FastMath, X: Extended>(
     values: &mut [X::M],
 ) -> Option<([f32; LANES], [f32; LANES])> {
     #[cfg(target_arch = "x86_64")]
-    if F::NARROW
-        && std::mem::size_of::<F>() == 4
-        && std::mem::size_of::<X::M>() == 4
-        && level() == SimdLevel::Avx512
-    {
-        // SAFETY: the only 4-byte `FastMath` type and the only 4-byte mantissa type are
-        // f32, so the casts are identities; the CPU has AVX-512 F (`level`); rows and
+    if is_f32::<F>() && std::mem::size_of::<X::M>() == 4 && level() == SimdLevel::Avx512 {
+        // SAFETY: F is f32 (`is_f32`) and the only 4-byte mantissa type of the (private)
+        // `Extended` types is f32, so the casts are identities; the CPU has AVX-512 F (`level`); rows and
         // offsets meet `gather`'s contract (the caller's).
         return Some(unsafe {
             avx512::read_lanes_f32(
