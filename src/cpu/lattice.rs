@@ -224,12 +224,38 @@ fn frame_span<F: FastMath>(frame: &[F], norm: f64) -> f64 {
         .fold(0.0, f64::fmax)
 }
 
-/// The element offsets of the blank and each label in a row of `x`'s input; empty when
-/// `read_checked` reads with `read_frame` (anything but float32 log-probabilities on
-/// AVX-512 or AVX2).
-fn fill_slot_offsets<F: FastMath>(x: &SampleRef<'_, F>, offsets: &mut Vec<i64>) {
+/// How a sample's frames are read (`read_checked`), chosen once per sample by
+/// `frame_reads`, which gives `Avx512` or `Avx2` only for float32 log-probabilities on a CPU
+/// with that instruction set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum FrameReads {
+    /// `read_frame`, then `frame_span`.
+    Portable,
+    /// `avx512::read_row_f32`.
+    Avx512,
+    /// `avx2::read_row_f32`.
+    Avx2,
+}
+
+fn frame_reads<F: FastMath>(x: &SampleRef<'_, F>) -> FrameReads {
+    #[cfg(target_arch = "x86_64")]
+    if is_f32::<F>() && !x.logits {
+        match level() {
+            SimdLevel::Avx512 => return FrameReads::Avx512,
+            SimdLevel::Avx2 => return FrameReads::Avx2,
+            SimdLevel::Baseline => {}
+        }
+    }
+    let _ = x;
+    FrameReads::Portable
+}
+
+/// The element offsets of the blank and each label in a row of `x`'s input, for the
+/// gathering reads (left empty for `FrameReads::Portable`).
+fn fill_slot_offsets<F>(x: &SampleRef<'_, F>, reads: FrameReads, offsets: &mut Vec<i64>) {
     offsets.clear();
-    if !fused_reads::<F>(x) {
+    if reads == FrameReads::Portable {
         return;
     }
     let row_len = x.log_probs.ncols();
@@ -241,51 +267,37 @@ fn fill_slot_offsets<F: FastMath>(x: &SampleRef<'_, F>, offsets: &mut Vec<i64>) 
     }
 }
 
-/// Whether frames of `x` are read by `avx512::read_row_f32` or `avx2::read_row_f32`.
-#[inline(always)]
-fn fused_reads<F: FastMath>(x: &SampleRef<'_, F>) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_f32::<F>() && !x.logits && matches!(level(), SimdLevel::Avx512 | SimdLevel::Avx2)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = x;
-        false
-    }
-}
-
 /// `read_frame` and then, with `need_span`, `frame_span`: whether the frame is free of NaN
-/// and `+inf`, and its span (else 0). For float32 log-probabilities on AVX-512 or AVX2 in
-/// one pass (`slot_offsets` filled by `fill_slot_offsets`): the scalar loads and the two
-/// checking passes were a quarter of the forward pass of a 29-class, 100-label sample.
+/// and `+inf`, and its span (else 0). The gathering reads do both in one pass (and always
+/// give the span): the scalar loads and the two checking passes were a quarter of the
+/// forward pass of a 29-class, 100-label sample.
 #[inline(always)]
 fn read_checked<F: FastMath>(
     x: &SampleRef<'_, F>,
     t: usize,
     norm: f64,
+    reads: FrameReads,
     slot_offsets: &[i64],
     out: &mut [F],
     need_span: bool,
 ) -> (bool, f64) {
     #[cfg(target_arch = "x86_64")]
-    if !slot_offsets.is_empty() && slot_offsets.len() == out.len() && fused_reads::<F>(x) {
-        let row = x.log_probs.row(t).as_ptr();
-        // SAFETY: `fused_reads` holds, so F is f32 (`is_f32`: the cast is an identity);
-        // every offset is a class below the row's length times the row's stride
-        // (`fill_slot_offsets` checks), so every element read lies inside the array the row
-        // views.
-        let out = unsafe { &mut *(out as *mut [F] as *mut [f32]) };
-        let (clean, span) = if level() == SimdLevel::Avx512 {
-            // SAFETY: as above, and the CPU has AVX-512 F.
-            unsafe { avx512::read_row_f32(row.cast::<f32>(), slot_offsets, out) }
-        } else {
-            // SAFETY: as above, and the CPU has AVX2 (`fused_reads`).
-            unsafe { avx2::read_row_f32(row.cast::<f32>(), slot_offsets, out) }
+    if reads != FrameReads::Portable && is_f32::<F>() {
+        let row = x.log_probs.row(t).as_ptr().cast::<f32>();
+        // SAFETY: F is f32 (`is_f32`: the casts are identities); `frame_reads` chose this
+        // instruction set because the CPU has it; every offset is a class below the row's
+        // length times the row's stride (`fill_slot_offsets` checks), so every element read
+        // lies inside the array the row views.
+        let (clean, span) = unsafe {
+            let out = &mut *(out as *mut [F] as *mut [f32]);
+            match reads {
+                FrameReads::Avx512 => avx512::read_row_f32(row, slot_offsets, out),
+                _ => avx2::read_row_f32(row, slot_offsets, out),
+            }
         };
         return (clean, f64::from(span));
     }
-    let _ = slot_offsets;
+    let _ = (reads, slot_offsets);
     let clean = read_frame(x, t, norm, out);
     let span = if clean && need_span {
         frame_span(out, norm)
@@ -654,7 +666,9 @@ fn forward_in<F: FastMath, X: Extended>(
     fill_log_norm(x, &mut ws.log_norm);
     fill_distinct_classes(x, &mut ws.distinct_classes);
     fill_prefetch_lines(x, &ws.distinct_classes, &mut ws.prefetch_lines);
-    fill_slot_offsets(x, &mut ws.slot_offsets);
+    let reads = frame_reads(x);
+    fill_slot_offsets(x, reads, &mut ws.slot_offsets);
+    let has_budget = X::INPUT_BUDGET.is_finite();
     let mut budget_used = 0.0f64;
 
     for t in 0..t_len {
@@ -664,8 +678,8 @@ fn forward_in<F: FastMath, X: Extended>(
         }
         let row = if keep_table { t } else { 0 };
         let frame = &mut ws.frames[row * (labels.len() + 1)..(row + 1) * (labels.len() + 1)];
-        let need_span = X::INPUT_BUDGET.is_finite();
-        let (clean, span) = read_checked(x, t, ws.log_norm[t], &ws.slot_offsets, frame, need_span);
+        let norm = ws.log_norm[t];
+        let (clean, span) = read_checked(x, t, norm, reads, &ws.slot_offsets, frame, has_budget);
         if !clean {
             // A NaN or +inf read after every path has died does not count (the GPU stops
             // at the first dead frame): the loss is then +inf.
@@ -679,7 +693,7 @@ fn forward_in<F: FastMath, X: Extended>(
             };
             return Outcome::Done(if dead { f64::NEG_INFINITY } else { f64::NAN });
         }
-        if X::INPUT_BUDGET.is_finite() {
+        if has_budget {
             // Two per frame for the sums of three.
             budget_used += span * std::f64::consts::LOG2_E + 2.0;
             if budget_used >= X::INPUT_BUDGET {
