@@ -60,16 +60,10 @@ import fastctc
 import fastctc.torch as fastctc_torch
 import numpy as np
 import torch
+from shapes import shapes_for
 
-# The standard shapes (T, N, C, S), as in benches/compare.py.
-SHAPES: dict[str, tuple[int, int, int, int]] = {
-    "docs example": (50, 16, 20, 30),
-    "ASR characters": (500, 32, 29, 100),
-    "ASR long": (1500, 16, 29, 300),
-    "BPE vocabulary": (400, 32, 1000, 80),
-    "large vocabulary": (200, 8, 5000, 50),
-    "long alignment": (4000, 4, 50, 1000),
-}
+# name -> (T, N, C, S), from benches/shapes.csv (shared with the other benchmarks).
+SHAPES = shapes_for("adapter")
 # The targets for the adapter's overhead over the raw call.
 TARGET_PERCENT = {"docs example": 10.0}
 DEFAULT_TARGET_PERCENT = 2.0

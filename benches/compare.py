@@ -68,15 +68,10 @@ from typing import Any
 
 import fastctc
 import numpy as np
+from shapes import shapes_for
 
-SHAPES: dict[str, tuple[int, int, int, int]] = {
-    "docs example": (50, 16, 20, 30),
-    "ASR characters": (500, 32, 29, 100),
-    "ASR long": (1500, 16, 29, 300),
-    "BPE vocabulary": (400, 32, 1000, 80),
-    "large vocabulary": (200, 8, 5000, 50),
-    "long alignment": (4000, 4, 50, 1000),
-}
+# name -> (T, N, C, S), from benches/shapes.csv (shared with the other benchmarks).
+SHAPES = shapes_for("compare")
 
 FASTCTC = "fastctc"
 FASTCTC_LOGITS = "fastctc (logits)"

@@ -1,0 +1,63 @@
+"""The benchmark shapes of ``benches/shapes.csv``, for the Python benchmarks.
+
+``compare.py``, ``adapter.py`` and ``gpu.py`` take their shapes from here, and ``kernel.rs``
+embeds the same file, so that a shape is written once. The format is described at the top of
+the file; it is parsed by hand (not with ``csv``) by the same rules as ``kernel.rs`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+PATH = Path(__file__).with_name("shapes.csv")
+BENCHES = ("compare", "adapter", "gpu", "kernel")
+
+
+class Shape(NamedTuple):
+    name: str
+    id: str
+    T: int
+    N: int
+    C: int
+    S: int
+    benches: tuple[str, ...]
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        return self.T, self.N, self.C, self.S
+
+
+def load(path: Path = PATH) -> list[Shape]:
+    """Every shape of the file, in its order; a malformed line raises ``ValueError``."""
+    shapes: list[Shape] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path.name}:{number}"
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != 7:
+            raise ValueError(f"{where}: expected 7 fields, got {len(fields)}: {line!r}")
+        name, id_, *dims, benches = fields
+        try:
+            T, N, C, S = (int(value) for value in dims)
+        except ValueError:
+            raise ValueError(f"{where}: T, N, C and S must be integers: {line!r}") from None
+        if min(T, N, S) < 1 or C < 2:
+            raise ValueError(f"{where}: T, N and S must be positive and C at least 2: {line!r}")
+        used = tuple(benches.split())
+        unknown = [bench for bench in used if bench not in BENCHES]
+        if unknown:
+            raise ValueError(f"{where}: unknown benches {unknown}; known: {BENCHES}")
+        if any(name == s.name or id_ == s.id for s in shapes):
+            raise ValueError(f"{where}: the name {name!r} or id {id_!r} is already used")
+        shapes.append(Shape(name, id_, T, N, C, S, used))
+    return shapes
+
+
+def shapes_for(bench: str) -> dict[str, tuple[int, int, int, int]]:
+    """The shapes ``bench`` times, name -> (T, N, C, S), in the file's order."""
+    if bench not in BENCHES:
+        raise ValueError(f"unknown bench {bench!r}; known: {BENCHES}")
+    return {shape.name: shape.dims for shape in load() if bench in shape.benches}
