@@ -1,24 +1,42 @@
 //! Criterion benchmarks of the CPU kernel alone (no Python), for profiling.
 //!
-//! `cargo bench --bench kernel` runs every standard shape; `cargo bench --bench kernel --
-//! asr` filters by name. `FASTCTC_NUM_THREADS=1` pins the thread count; `FASTCTC_SIMD=avx2`
-//! or `baseline` lowers the instruction set; `FASTCTC_GROUPS=always|never` overrides whether
-//! short samples run side by side. The inputs are log_softmax of deterministic
-//! pseudo-random logits, with full lengths, float32, like `benches/compare.py`.
+//! `cargo bench --bench kernel` runs every shape of `benches/shapes.csv` marked `kernel`;
+//! `cargo bench --bench kernel -- asr` filters by id. `FASTCTC_NUM_THREADS=1` pins the thread
+//! count; `FASTCTC_SIMD=avx2` or `baseline` lowers the instruction set;
+//! `FASTCTC_GROUPS=always|never` overrides whether short samples run side by side. The inputs
+//! are log_softmax of deterministic pseudo-random logits, with full lengths, float32, like
+//! `benches/compare.py`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fastctc::{ctc, Options, Targets};
 use ndarray::{Array1, Array2, Array3, Axis};
 
-/// (name, T, N, C, S): the shapes of `benches/compare.py`.
-const SHAPES: &[(&str, usize, usize, usize, usize)] = &[
-    ("docs", 50, 16, 20, 30),
-    ("asr", 500, 32, 29, 100),
-    ("asr_long", 1500, 16, 29, 300),
-    ("bpe", 400, 32, 1000, 80),
-    ("large_vocab", 200, 8, 5000, 50),
-    ("long_alignment", 4000, 4, 50, 1000),
-];
+/// (id, T, N, C, S) of every shape in `benches/shapes.csv` whose benches include `kernel`: the
+/// file the Python benchmarks read too, so that a shape is written once. Parsed by hand, by
+/// the rules of `benches/shapes.py` (seven comma-separated fields, `#` comment lines), to
+/// keep criterion the only dev-dependency; a malformed line panics before anything is timed.
+fn shapes() -> Vec<(&'static str, usize, usize, usize, usize)> {
+    let text = include_str!("shapes.csv");
+    let mut shapes = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&'static str> = line.split(',').map(str::trim).collect();
+        let here = format!("benches/shapes.csv:{}: {line:?}", number + 1);
+        assert_eq!(fields.len(), 7, "{here}: expected 7 fields");
+        let dim = |i: usize| -> usize {
+            fields[i]
+                .parse()
+                .unwrap_or_else(|_| panic!("{here}: field {} is not a size", i + 1))
+        };
+        if fields[6].split_whitespace().any(|bench| bench == "kernel") {
+            shapes.push((fields[1], dim(2), dim(3), dim(4), dim(5)));
+        }
+    }
+    shapes
+}
 
 /// A small xorshift generator: deterministic inputs without a dependency.
 struct Rng(u64);
@@ -63,7 +81,7 @@ fn batch(t: usize, n: usize, c: usize, s: usize) -> Batch {
 fn kernel(c: &mut Criterion) {
     let mut group = c.benchmark_group("ctc");
     group.sample_size(10);
-    for &(name, t, n, classes, s) in SHAPES {
+    for (name, t, n, classes, s) in shapes() {
         let b = batch(t, n, classes, s);
         group.throughput(Throughput::Elements((t * n * (2 * s + 1)) as u64));
         for (mode, with_grad) in [("loss", false), ("loss_and_grad", true)] {
