@@ -50,7 +50,12 @@ pub enum CtcError {
         value: String,
         allowed: &'static [&'static str],
     },
-    /// A setting that is out of range (for example a thread count of 0).
+    /// `log_probs` of a dtype this entry point does not take.
+    LogProbsDtype { allowed: &'static str },
+    /// A thread count below 1.
+    ThreadCount { value: i128 },
+    /// A setting that is out of range or cannot be applied (for example threads that cannot
+    /// start).
     Setting { message: String },
     /// `device="gpu"` but no usable GPU adapter: `tried` says which backends and adapters were
     /// considered, `message` why none was taken.
@@ -62,6 +67,8 @@ pub enum CtcError {
     },
     /// The GPU failed (device lost, out of memory) or cannot hold one sample of the batch.
     Gpu { message: String },
+    /// A bug in fastctc, not in the input: an invariant did not hold.
+    Internal { message: String },
     /// A buffer the computation needs cannot be allocated (`bytes`: its size, `None` when
     /// past the address space); see `memory`.
     OutOfMemory {
@@ -88,12 +95,25 @@ pub enum ErrorKind {
 impl CtcError {
     /// The broad class of this error.
     pub fn kind(&self) -> ErrorKind {
+        // No wildcard: a new variant must say which exception it becomes.
         match self {
+            CtcError::Shape { .. }
+            | CtcError::EmptyDimension { .. }
+            | CtcError::Length { .. }
+            | CtcError::Label { .. }
+            | CtcError::BlankInTarget { .. }
+            | CtcError::Blank { .. }
+            | CtcError::ConcatenatedLength { .. }
+            | CtcError::UnknownOption { .. }
+            | CtcError::ThreadCount { .. } => ErrorKind::Value,
+            CtcError::LogProbsDtype { .. } | CtcError::GpuUnsupportedDtype { .. } => {
+                ErrorKind::Type
+            }
             CtcError::GpuUnavailable { .. } => ErrorKind::GpuUnavailable,
-            CtcError::GpuUnsupportedDtype { .. } => ErrorKind::Type,
-            CtcError::Gpu { .. } => ErrorKind::Runtime,
+            CtcError::Setting { .. } | CtcError::Gpu { .. } | CtcError::Internal { .. } => {
+                ErrorKind::Runtime
+            }
             CtcError::OutOfMemory { .. } => ErrorKind::Memory,
-            _ => ErrorKind::Value,
         }
     }
 }
@@ -166,7 +186,18 @@ impl fmt::Display for CtcError {
                     allowed.join(", ")
                 )
             }
+            CtcError::LogProbsDtype { allowed } => write!(
+                f,
+                "log_probs: expected a 3-D NumPy array of dtype {allowed}"
+            ),
+            CtcError::ThreadCount { value } => write!(
+                f,
+                "set_num_threads: the thread count must be at least 1, got {value}"
+            ),
             CtcError::Setting { message } => f.write_str(message),
+            CtcError::Internal { message } => {
+                write!(f, "fastctc internal error (please report it): {message}")
+            }
             CtcError::GpuUnavailable { tried, message } => write!(
                 f,
                 "device='gpu': {message} (tried: {tried}). Install a GPU driver with Vulkan, \

@@ -24,10 +24,12 @@
 //! ```
 
 pub mod buffers;
+pub mod call;
 pub mod cpu;
 pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod gradient;
 pub mod memory;
 pub mod options;
 pub mod output;
@@ -40,8 +42,9 @@ mod python;
 
 use ndarray::{ArrayView1, ArrayView3};
 
+pub use call::{run, Batch, Float, Outcome};
 pub use error::{CtcError, ErrorKind};
-pub use options::{GradWrt, InputKind, Layout, Options, Reduction};
+pub use options::{Device, GradWrt, InputKind, Job, Layout, Options, Reduction};
 pub use output::CtcOutput;
 pub use problem::{validate, Problem, Targets};
 pub use real::Real;
@@ -49,29 +52,31 @@ pub use real::Real;
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Validates a batch and computes its loss (and gradient, with `with_grad`) on the CPU.
-pub fn ctc<F: cpu::CpuFloat>(
-    log_probs: ArrayView3<'_, F>,
-    targets: Targets<'_>,
-    input_lengths: ArrayView1<'_, i64>,
-    target_lengths: ArrayView1<'_, i64>,
+/// Validates a batch and computes its loss (and gradient, with `with_grad`) on the CPU:
+/// [`run`] for the common case.
+pub fn ctc<'a, F: Float>(
+    log_probs: ArrayView3<'a, F>,
+    targets: Targets<'a>,
+    input_lengths: ArrayView1<'a, i64>,
+    target_lengths: ArrayView1<'a, i64>,
     blank: i64,
     options: Options,
     with_grad: bool,
 ) -> Result<CtcOutput<F>, CtcError> {
-    let problem = validate(
+    let batch = Batch {
         log_probs,
         targets,
         input_lengths,
         target_lengths,
         blank,
-        options,
-    )?;
-    let work = if with_grad {
-        memory::Work::LossAndGrad
-    } else {
-        memory::Work::Loss
     };
-    memory::check(&problem, work)?;
-    Ok(cpu::compute(&problem, with_grad))
+    let job = if with_grad {
+        Job::LossAndGrad
+    } else {
+        Job::Loss
+    };
+    match run(batch, options, job, Device::Cpu)? {
+        Outcome::Losses(output) => Ok(output),
+        Outcome::Alignment(_) => unreachable!("a loss job returns losses"),
+    }
 }

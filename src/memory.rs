@@ -8,48 +8,120 @@
 //! the system refuses becomes [`CtcError::OutOfMemory`], which Python sees as a
 //! `MemoryError`, before anything is computed.
 
-use crate::error::CtcError;
-use crate::problem::Problem;
+use std::alloc::{alloc_zeroed, Layout};
+use std::any::TypeId;
 
-/// What will be computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Work {
-    /// Losses only: two rows per sample in flight.
-    Loss,
-    /// Losses and a `(T, N, C)` gradient (or posteriors): the gradient, and a forward table
-    /// per sample in flight.
-    LossAndGrad,
-    /// Best paths: `(N, T)` outputs and a table of back pointers per sample in flight.
-    Align,
-}
+use crate::error::CtcError;
+use crate::options::Job;
+use crate::problem::Problem;
+use crate::real::Real;
 
 /// Buffers below this size are not checked: allocating them cannot fail where anything
 /// else still works, and checking costs a system call pair.
 const CHECK_FROM_BYTES: usize = 64 << 20;
 
-/// Checks that the buffers `work` on `problem` allocates can be had (see the module doc).
-pub fn check<F>(problem: &Problem<'_, F>, work: Work) -> Result<(), CtcError> {
+/// Bookkeeping per sample beyond the validated records (losses, job lists, scheduling): an
+/// upper estimate, so that a batch of millions of broadcast samples is refused rather than
+/// aborting halfway.
+const PER_SAMPLE_BYTES: usize = 192;
+
+/// Checks that the buffers `job` on `problem` allocates can be had (see the module doc):
+/// each large buffer alone, for a message that names it, then all of them together, since
+/// they are alive at the same time.
+pub fn check<F>(problem: &Problem<'_, F>, job: Job) -> Result<(), CtcError> {
     let (t_max, batch, classes) = problem.dims();
     let value = std::mem::size_of::<F>();
-    // A lattice cell of the forward table: a mantissa in the input type and an exponent of
-    // the same width (`cpu::lattice`); a back pointer is one byte (`cpu::viterbi`).
-    let per_cell = match work {
-        Work::Loss => 0,
-        Work::LossAndGrad => 2 * value,
-        Work::Align => 1,
-    };
-    let largest_table = problem
-        .samples
-        .iter()
-        .map(|s| product(&[s.input_len, 2 * s.target_len() + 1, per_cell]))
-        .max()
-        .unwrap_or(Some(0));
-    available("the forward table of the longest sample", largest_table)?;
-    match work {
-        Work::Loss => Ok(()),
-        Work::LossAndGrad => available("the gradient", product(&[t_max, batch, classes, value])),
+    // Every pool thread (at most one per sample) keeps the table of the sample it runs.
+    let in_flight = crate::threads::num_threads().clamp(1, batch);
+    // The largest tables, one per thread (`usize::MAX`: past the address space); kept in a
+    // list of at most `in_flight` entries, since a list per sample could itself be too large.
+    let mut tables: Vec<usize> = Vec::with_capacity(in_flight + 1);
+    for s in &problem.samples {
+        let bytes = table_bytes(job, s.input_len, 2 * s.target_len() + 1, value);
+        let bytes = bytes.unwrap_or(usize::MAX);
+        if tables.len() < in_flight || bytes > tables[in_flight - 1] {
+            let at = tables.partition_point(|&b| b >= bytes);
+            tables.insert(at, bytes);
+            tables.truncate(in_flight);
+        }
+    }
+    let largest = tables
+        .first()
+        .map_or(Some(0), |&b| (b != usize::MAX).then_some(b));
+    let (table_what, output_what, output) = match job {
+        Job::Loss => ("the forward rows of the longest sample", "", Some(0)),
+        Job::LossAndGrad | Job::Posteriors => (
+            "the forward table of the longest sample",
+            "the gradient",
+            product(&[t_max, batch, classes, value]),
+        ),
         // Labels (i64) and scores per frame and sample.
-        Work::Align => available("the alignment outputs", product(&[batch, t_max, 8 + value])),
+        Job::Align => (
+            "the back pointers of the longest sample",
+            "the alignment outputs",
+            product(&[batch, t_max, 8 + value]),
+        ),
+    };
+    available(table_what, largest)?;
+    if !output_what.is_empty() {
+        available(output_what, output)?;
+    }
+    let together = tables
+        .iter()
+        .map(|&b| (b != usize::MAX).then_some(b))
+        .chain([output, batch.checked_mul(PER_SAMPLE_BYTES)])
+        .try_fold(0usize, |sum, bytes| sum.checked_add(bytes?));
+    available("this call's buffers together", together)
+}
+
+/// Bytes of the table one sample of `input_len` frames and `states` lattice states keeps
+/// while it runs: two rows for a loss, every row for a gradient (a mantissa and an exponent
+/// of the input's width per cell, `cpu::lattice`), a byte of back pointer per cell for an
+/// alignment (`cpu::viterbi`).
+fn table_bytes(job: Job, input_len: usize, states: usize, value: usize) -> Option<usize> {
+    match job {
+        Job::Loss => product(&[2, states, 2 * value]),
+        Job::LossAndGrad | Job::Posteriors => product(&[input_len, states, 2 * value]),
+        Job::Align => product(&[input_len, states]),
+    }
+}
+
+/// An empty vector with room for `len` elements, or [`CtcError::OutOfMemory`] naming `what`.
+pub fn vec_with_capacity<T>(what: &'static str, len: usize) -> Result<Vec<T>, CtcError> {
+    let mut vec = Vec::new();
+    vec.try_reserve_exact(len)
+        .map_err(|_| CtcError::OutOfMemory {
+            what,
+            bytes: len.checked_mul(std::mem::size_of::<T>()),
+        })?;
+    Ok(vec)
+}
+
+/// `len` zeros, or [`CtcError::OutOfMemory`] naming `what`. For `f32` and `f64` (whose zero
+/// is all zero bits) the memory comes zeroed from the allocator (calloc): pages nobody
+/// writes, such as a gradient's frames past an input length, then cost nothing.
+pub fn zeroed_vec<F: Real>(what: &'static str, len: usize) -> Result<Vec<F>, CtcError> {
+    let error = || CtcError::OutOfMemory {
+        what,
+        bytes: len.checked_mul(std::mem::size_of::<F>()),
+    };
+    let zero_bits =
+        TypeId::of::<F>() == TypeId::of::<f32>() || TypeId::of::<F>() == TypeId::of::<f64>();
+    if len == 0 || !zero_bits {
+        let mut vec = vec_with_capacity(what, len)?;
+        vec.resize(len, F::ZERO);
+        return Ok(vec);
+    }
+    let layout = Layout::array::<F>(len).map_err(|_| error())?;
+    // SAFETY: `layout` has a non-zero size. A non-null result is a fresh allocation of the
+    // global allocator with exactly the layout a `Vec<F>` of capacity `len` uses, holding
+    // `len` zero-bit values, which are 0.0 for f32 and f64 (the only types taking this path).
+    unsafe {
+        let ptr = alloc_zeroed(layout) as *mut F;
+        if ptr.is_null() {
+            return Err(error());
+        }
+        Ok(Vec::from_raw_parts(ptr, len, len))
     }
 }
 
@@ -91,5 +163,9 @@ mod tests {
         assert!(available("x", Some(1 << 20)).is_ok());
         // More than any 64-bit system maps.
         assert!(available("x", Some(usize::MAX / 2)).is_err());
+        assert!(zeroed_vec::<f32>("x", usize::MAX / 8).is_err());
+        let zeros = zeroed_vec::<f64>("x", 1000).unwrap();
+        assert!(zeros.len() == 1000 && zeros.iter().all(|&v| v == 0.0));
+        assert!(vec_with_capacity::<u64>("x", usize::MAX / 4).is_err());
     }
 }

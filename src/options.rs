@@ -32,7 +32,7 @@ impl Reduction {
     }
 }
 
-/// Which gradient is returned (DESIGN.md §1, "The gradient, stated once").
+/// Which gradient is returned (docs/design.md, "The gradient contract").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradWrt {
     /// The true gradient `d loss / d log_probs = -gamma`.
@@ -114,6 +114,44 @@ impl Layout {
     }
 }
 
+/// The backend a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    /// The accepted spellings.
+    pub const NAMES: &'static [&'static str] = &["cpu", "gpu"];
+
+    /// Parses `"cpu"` or `"gpu"`.
+    pub fn parse(value: &str) -> Result<Self, CtcError> {
+        match value {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            _ => Err(CtcError::UnknownOption {
+                argument: "device",
+                value: value.to_owned(),
+                allowed: Self::NAMES,
+            }),
+        }
+    }
+}
+
+/// What a call computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// The loss alone.
+    Loss,
+    /// The loss and its gradient.
+    LossAndGrad,
+    /// Per-sample losses and the posterior occupancy `gamma` in place of the gradient.
+    Posteriors,
+    /// The best path of every sample (forced alignment).
+    Align,
+}
+
 /// Everything about a call that is not data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
@@ -150,6 +188,11 @@ mod tests {
         assert!(GradWrt::parse("probs").is_err());
         assert_eq!(InputKind::parse("logits"), Ok(InputKind::Logits));
         assert_eq!(Layout::parse("NTC"), Ok(Layout::Ntc));
+        assert_eq!(Device::parse("gpu"), Ok(Device::Gpu));
+        assert!(Device::parse("cuda")
+            .unwrap_err()
+            .to_string()
+            .contains("'cpu'"));
         assert!(Layout::parse("ntc")
             .unwrap_err()
             .to_string()

@@ -9,6 +9,7 @@ use std::ops::Range;
 use ndarray::{ArrayView1, ArrayView2, ArrayView3};
 
 use crate::error::CtcError;
+use crate::memory;
 use crate::options::Options;
 
 /// Targets in one of torch's two layouts.
@@ -41,6 +42,25 @@ impl Sample {
     }
 }
 
+/// The fewest frames that can emit `labels`: one per label, and a blank between equal
+/// neighbours (a repeated label needs one to stay two labels).
+pub fn min_frames(labels: &[u32]) -> usize {
+    labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
+}
+
+/// The log-likelihood of a sample the lattice has nothing to do for, or `None` when it must
+/// run: no frames and no labels is the empty alignment (0); no frames for a non-empty target,
+/// or fewer frames than [`min_frames`], has no alignment (`-inf`).
+pub fn settled_log_likelihood(input_len: usize, labels: &[u32]) -> Option<f64> {
+    if input_len == 0 && labels.is_empty() {
+        Some(0.0)
+    } else if input_len < min_frames(labels) {
+        Some(f64::NEG_INFINITY)
+    } else {
+        None
+    }
+}
+
 /// A batch whose every invariant holds.
 #[derive(Debug, Clone)]
 pub struct Problem<'a, F> {
@@ -65,6 +85,11 @@ impl<'a, F> Problem<'a, F> {
     /// The labels of sample `n`.
     pub fn labels_of(&self, n: usize) -> &[u32] {
         &self.labels[self.samples[n].labels.clone()]
+    }
+
+    /// [`settled_log_likelihood`] of sample `n`.
+    pub fn settled(&self, n: usize) -> Option<f64> {
+        settled_log_likelihood(self.samples[n].input_len, self.labels_of(n))
     }
 }
 
@@ -96,22 +121,23 @@ pub fn validate<'a, F>(
         check_batch_size("targets", rows.nrows(), batch)?;
     }
 
-    let input_lens = input_lengths
-        .iter()
-        .enumerate()
-        .map(|(n, &value)| check_length("input_lengths", n, value, "T", t_max))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Per-sample vectors are allocated fallibly: a batch of broadcast views can ask for
+    // gigabytes of them without holding any memory itself (see `memory`).
+    let mut input_lens = memory::vec_with_capacity("the per-sample records", batch)?;
+    for (n, &value) in input_lengths.iter().enumerate() {
+        input_lens.push(check_length("input_lengths", n, value, "T", t_max)?);
+    }
 
     let target_limit = match targets {
         Targets::Padded(rows) => ("S", rows.ncols()),
         // Bounded by the sum check below; here only the sign matters.
         Targets::Concatenated(flat) => ("len(targets)", flat.len()),
     };
-    let target_lens = target_lengths
-        .iter()
-        .enumerate()
-        .map(|(n, &value)| check_length("target_lengths", n, value, target_limit.0, target_limit.1))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut target_lens = memory::vec_with_capacity("the per-sample records", batch)?;
+    for (n, &value) in target_lengths.iter().enumerate() {
+        let (limit_name, limit) = target_limit;
+        target_lens.push(check_length("target_lengths", n, value, limit_name, limit)?);
+    }
 
     if let Targets::Concatenated(flat) = targets {
         let expected: u128 = target_lens.iter().map(|&l| l as u128).sum();
@@ -123,8 +149,11 @@ pub fn validate<'a, F>(
         }
     }
 
-    let mut labels = Vec::with_capacity(target_lens.iter().sum());
-    let mut samples = Vec::with_capacity(batch);
+    // No overflow: each padded length is at most S, so the sum is at most the N x S elements
+    // of the targets' view; concatenated lengths sum to len(targets), checked above.
+    let label_count = target_lens.iter().sum();
+    let mut labels = memory::vec_with_capacity("the target labels", label_count)?;
+    let mut samples = memory::vec_with_capacity("the per-sample records", batch)?;
     let mut offset = 0usize;
     for (n, (&input_len, &target_len)) in input_lens.iter().zip(&target_lens).enumerate() {
         let start = labels.len();

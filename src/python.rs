@@ -13,13 +13,13 @@ use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError}
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::cpu::CpuFloat;
+use crate::call::{self, Batch, Outcome};
 use crate::error::{CtcError, ErrorKind};
-use crate::options::{GradWrt, InputKind, Layout, Options, Reduction};
+use crate::options::{Device, GradWrt, InputKind, Job, Layout, Options, Reduction};
 use crate::output::CtcOutput;
-use crate::problem::{validate, Problem, Targets};
+use crate::problem::Targets;
 use crate::real::Real;
-use crate::{cpu, memory, threads};
+use crate::{cpu, threads};
 
 create_exception!(
     fastctc,
@@ -52,85 +52,22 @@ fn to_py_err(error: CtcError) -> PyErr {
     }
 }
 
-/// The backend a call runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Device {
-    Cpu,
-    Gpu,
-}
-
-impl Device {
-    const NAMES: &'static [&'static str] = &["cpu", "gpu"];
-
-    fn parse(value: &str) -> Result<Self, CtcError> {
-        match value {
-            "cpu" => Ok(Device::Cpu),
-            "gpu" => Ok(Device::Gpu),
-            _ => Err(CtcError::UnknownOption {
-                argument: "device",
-                value: value.to_owned(),
-                allowed: Self::NAMES,
-            }),
-        }
-    }
-}
-
-/// The error for `device="gpu"` in a build without the GPU backend.
-#[cfg(not(feature = "gpu"))]
-fn no_gpu_backend() -> CtcError {
-    CtcError::GpuUnavailable {
-        tried: "nothing".to_owned(),
-        message: "this build of fastctc has no GPU backend (it was compiled without the cargo \
-                  feature 'gpu')"
-            .to_owned(),
-    }
-}
-
-/// A float type the binding takes: the CPU kernels, and the GPU kernels when built with them.
-trait Float: CpuFloat + Element {
-    fn gpu_compute(
-        problem: &Problem<'_, Self>,
-        with_grad: bool,
-    ) -> Result<CtcOutput<Self>, CtcError>;
-    fn gpu_posteriors(problem: &Problem<'_, Self>) -> Result<CtcOutput<Self>, CtcError>;
+/// A float type the binding takes: one the core computes in, and NumPy stores.
+trait Float: crate::Float + Element {
     fn into_storage(buffer: Vec<Self>) -> Storage;
 }
 
-macro_rules! impl_float {
-    ($t:ty, $storage:ident) => {
-        impl Float for $t {
-            fn into_storage(buffer: Vec<Self>) -> Storage {
-                Storage::$storage(buffer)
-            }
-
-            fn gpu_compute(
-                problem: &Problem<'_, Self>,
-                with_grad: bool,
-            ) -> Result<CtcOutput<Self>, CtcError> {
-                #[cfg(feature = "gpu")]
-                return crate::gpu::compute(problem, with_grad);
-                #[cfg(not(feature = "gpu"))]
-                {
-                    let _ = (problem, with_grad);
-                    Err(no_gpu_backend())
-                }
-            }
-
-            fn gpu_posteriors(problem: &Problem<'_, Self>) -> Result<CtcOutput<Self>, CtcError> {
-                #[cfg(feature = "gpu")]
-                return crate::gpu::posteriors(problem);
-                #[cfg(not(feature = "gpu"))]
-                {
-                    let _ = problem;
-                    Err(no_gpu_backend())
-                }
-            }
-        }
-    };
+impl Float for f32 {
+    fn into_storage(buffer: Vec<Self>) -> Storage {
+        Storage::F32(buffer)
+    }
 }
 
-impl_float!(f32, F32);
-impl_float!(f64, F64);
+impl Float for f64 {
+    fn into_storage(buffer: Vec<Self>) -> Storage {
+        Storage::F64(buffer)
+    }
+}
 
 /// A gradient buffer of either float type.
 enum Storage {
@@ -191,19 +128,6 @@ fn without_gil<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
     py.detach(work)
 }
 
-/// What a native call computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Job {
-    /// `(loss, None)`.
-    Loss,
-    /// `(loss, grad)`.
-    LossAndGrad,
-    /// `(per-sample losses, gamma)`.
-    Posteriors,
-    /// `(labels, scores, spans, path_scores)`.
-    Align,
-}
-
 fn targets_of<'a>(targets: &'a PyReadonlyArrayDyn<'_, i64>) -> PyResult<Targets<'a>> {
     let view = targets.as_array();
     match view.ndim() {
@@ -239,123 +163,82 @@ fn loss_array<'py, F: Real + Element>(
     Ok(array.into_pyarray(py).into_any())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The arrays of a call, borrowed from NumPy (the borrows outlive the GIL-free section).
+struct Arrays<'py> {
+    targets: PyReadonlyArrayDyn<'py, i64>,
+    input_lengths: PyReadonlyArray1<'py, i64>,
+    target_lengths: PyReadonlyArray1<'py, i64>,
+    blank: i64,
+}
+
+/// The loss and its gradient (or `gamma`) as NumPy arrays.
+fn losses_tuple<'py, F: Float>(
+    py: Python<'py>,
+    output: CtcOutput<F>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let per_sample = output.reduction == Reduction::None;
+    let loss = loss_array::<F>(py, output.loss_values(), per_sample)?;
+    let grad = match output.grad {
+        Some(grad) => gradient_array(py, grad)?,
+        None => py.None().into_bound(py),
+    };
+    Ok(vec![loss, grad])
+}
+
+/// Runs `job` through the core's one call path, without the GIL, and converts its outputs.
 fn run<'py, F: Float>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyArray3<F>>,
-    targets: &PyReadonlyArrayDyn<'py, i64>,
-    input_lengths: &PyReadonlyArray1<'py, i64>,
-    target_lengths: &PyReadonlyArray1<'py, i64>,
-    blank: i64,
+    arrays: &Arrays<'py>,
     options: Options,
     job: Job,
     device: Device,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let log_probs = log_probs.try_readonly()?;
-    let problem = validate(
-        log_probs.as_array(),
-        targets_of(targets)?,
-        input_lengths.as_array(),
-        target_lengths.as_array(),
-        blank,
-        options,
-    )
-    .map_err(to_py_err)?;
-    let work = match job {
-        Job::Loss => memory::Work::Loss,
-        Job::LossAndGrad | Job::Posteriors => memory::Work::LossAndGrad,
-        Job::Align => memory::Work::Align,
+    let batch = Batch {
+        log_probs: log_probs.as_array(),
+        targets: targets_of(&arrays.targets)?,
+        input_lengths: arrays.input_lengths.as_array(),
+        target_lengths: arrays.target_lengths.as_array(),
+        blank: arrays.blank,
     };
-    memory::check(&problem, work).map_err(to_py_err)?;
-
-    let items: Vec<Bound<'py, PyAny>> = match job {
-        Job::Loss | Job::LossAndGrad => {
-            let with_grad = job == Job::LossAndGrad;
-            let output = without_gil(py, || match device {
-                Device::Cpu => Ok(cpu::compute(&problem, with_grad)),
-                Device::Gpu => F::gpu_compute(&problem, with_grad),
-            })
-            .map_err(to_py_err)?;
-            let per_sample = output.reduction == Reduction::None;
-            let loss = loss_array::<F>(py, output.loss_values(), per_sample)?;
-            let grad = match output.grad {
-                Some(grad) => gradient_array(py, grad)?,
-                None => py.None().into_bound(py),
-            };
-            vec![loss, grad]
-        }
-        Job::Posteriors => {
-            let output = without_gil(py, || match device {
-                Device::Cpu => Ok(cpu::posteriors(&problem)),
-                Device::Gpu => F::gpu_posteriors(&problem),
-            })
-            .map_err(to_py_err)?;
-            let losses = loss_array::<F>(py, output.losses, true)?;
-            let gamma = match output.grad {
-                Some(gamma) => gradient_array(py, gamma)?,
-                None => py.None().into_bound(py),
-            };
-            vec![losses, gamma]
-        }
-        Job::Align => {
-            let output = without_gil(py, || cpu::align(&problem));
-            vec![
-                output.labels.into_pyarray(py).into_any(),
-                output.scores.into_pyarray(py).into_any(),
-                output.spans.into_pyarray(py).into_any(),
-                output.path_scores.into_pyarray(py).into_any(),
-            ]
-        }
+    let outcome = without_gil(py, || call::run(batch, options, job, device)).map_err(to_py_err)?;
+    let items = match outcome {
+        Outcome::Losses(output) => losses_tuple(py, output)?,
+        Outcome::Alignment(output) => vec![
+            output.labels.into_pyarray(py).into_any(),
+            output.scores.into_pyarray(py).into_any(),
+            output.spans.into_pyarray(py).into_any(),
+            output.path_scores.into_pyarray(py).into_any(),
+        ],
     };
     PyTuple::new(py, items)
 }
 
 /// Picks the float type of `log_probs` and runs `job`.
-#[allow(clippy::too_many_arguments)]
 fn dispatch<'py>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyAny>,
-    targets: &PyReadonlyArrayDyn<'py, i64>,
-    input_lengths: &PyReadonlyArray1<'py, i64>,
-    target_lengths: &PyReadonlyArray1<'py, i64>,
-    blank: i64,
+    arrays: &Arrays<'py>,
     options: Options,
     job: Job,
     device: Device,
 ) -> PyResult<Bound<'py, PyTuple>> {
     if let Ok(array) = log_probs.cast::<PyArray3<f32>>() {
-        run(
-            py,
-            array,
-            targets,
-            input_lengths,
-            target_lengths,
-            blank,
-            options,
-            job,
-            device,
-        )
+        run(py, array, arrays, options, job, device)
     } else if let Ok(array) = log_probs.cast::<PyArray3<f64>>() {
-        run(
-            py,
-            array,
-            targets,
-            input_lengths,
-            target_lengths,
-            blank,
-            options,
-            job,
-            device,
-        )
+        run(py, array, arrays, options, job, device)
     } else {
-        Err(CTCTypeError::new_err(
-            "log_probs: expected a 3-D NumPy array of dtype float32 or float64",
-        ))
+        Err(to_py_err(CtcError::LogProbsDtype {
+            allowed: "float32 or float64",
+        }))
     }
 }
 
 fn shape_bug(error: ndarray::ShapeError) -> PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(format!("fastctc internal shape error: {error}"))
+    to_py_err(CtcError::Internal {
+        message: format!("shape error: {error}"),
+    })
 }
 
 /// The options of a loss call, from the strings the Python layer passes.
@@ -400,22 +283,18 @@ fn ctc<'py>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let device = Device::parse(device).map_err(to_py_err)?;
     let options = parse_options(reduction, zero_infinity, grad_wrt, input_kind, layout)?;
+    let arrays = Arrays {
+        targets,
+        input_lengths,
+        target_lengths,
+        blank,
+    };
     let job = if with_grad {
         Job::LossAndGrad
     } else {
         Job::Loss
     };
-    dispatch(
-        py,
-        log_probs,
-        &targets,
-        &input_lengths,
-        &target_lengths,
-        blank,
-        options,
-        job,
-        device,
-    )
+    dispatch(py, log_probs, &arrays, options, job, device)
 }
 
 /// Per-sample losses and the posterior occupancy `gamma`, `(losses, gamma)`.
@@ -442,17 +321,13 @@ fn posteriors<'py>(
         input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
         layout: Layout::parse(layout).map_err(to_py_err)?,
     };
-    dispatch(
-        py,
-        log_probs,
-        &targets,
-        &input_lengths,
-        &target_lengths,
+    let arrays = Arrays {
+        targets,
+        input_lengths,
+        target_lengths,
         blank,
-        options,
-        Job::Posteriors,
-        device,
-    )
+    };
+    dispatch(py, log_probs, &arrays, options, Job::Posteriors, device)
 }
 
 /// The best path of every sample: `(labels, scores, spans, path_scores)`.
@@ -471,17 +346,13 @@ fn align<'py>(
         input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
         ..Options::default()
     };
-    dispatch(
-        py,
-        log_probs,
-        &targets,
-        &input_lengths,
-        &target_lengths,
+    let arrays = Arrays {
+        targets,
+        input_lengths,
+        target_lengths,
         blank,
-        options,
-        Job::Align,
-        Device::Cpu,
-    )
+    };
+    dispatch(py, log_probs, &arrays, options, Job::Align, Device::Cpu)
 }
 
 /// The GPU adapter as a dict (name, backend, device type, driver, limits), or None when there
@@ -555,29 +426,20 @@ fn gpu_profile<'py>(
     #[cfg(feature = "gpu")]
     {
         let Ok(array) = log_probs.cast::<PyArray3<f32>>() else {
-            return Err(CTCTypeError::new_err(
-                "gpu_profile: expected a 3-D NumPy array of dtype float32",
-            ));
+            return Err(to_py_err(CtcError::LogProbsDtype { allowed: "float32" }));
         };
         let log_probs = array.try_readonly()?;
-        let problem = validate(
-            log_probs.as_array(),
-            targets_of(&targets)?,
-            input_lengths.as_array(),
-            target_lengths.as_array(),
+        let batch = Batch {
+            log_probs: log_probs.as_array(),
+            targets: targets_of(&targets)?,
+            input_lengths: input_lengths.as_array(),
+            target_lengths: target_lengths.as_array(),
             blank,
-            options,
-        )
-        .map_err(to_py_err)?;
-        let (output, timings) =
-            without_gil(py, || crate::gpu::compute_profiled(&problem, with_grad))
-                .map_err(to_py_err)?;
-        let per_sample = output.reduction == Reduction::None;
-        let loss = loss_array::<f32>(py, output.loss_values(), per_sample)?;
-        let grad = match output.grad {
-            Some(grad) => gradient_array(py, grad)?,
-            None => py.None().into_bound(py),
         };
+        let (output, timings) =
+            without_gil(py, || call::run_gpu_profiled(batch, options, with_grad))
+                .map_err(to_py_err)?;
+        let mut items = losses_tuple(py, output)?;
         let dict = PyDict::new(py);
         dict.set_item("pack", timings.pack)?;
         dict.set_item("upload", timings.upload)?;
@@ -585,7 +447,8 @@ fn gpu_profile<'py>(
         dict.set_item("readback", timings.readback)?;
         dict.set_item("unpack", timings.unpack)?;
         dict.set_item("chunks", timings.chunks)?;
-        PyTuple::new(py, [loss, grad, dict.into_any()])
+        items.push(dict.into_any());
+        PyTuple::new(py, items)
     }
     #[cfg(not(feature = "gpu"))]
     {
@@ -597,21 +460,22 @@ fn gpu_profile<'py>(
             target_lengths,
             blank,
             with_grad,
+            options,
         );
-        let _ = options;
-        Err(to_py_err(no_gpu_backend()))
+        Err(to_py_err(CtcError::GpuUnavailable {
+            tried: "nothing".to_owned(),
+            message: crate::call::NO_GPU_BACKEND.to_owned(),
+        }))
     }
 }
 
 /// Sets the number of worker threads for later calls.
 #[pyfunction]
 fn set_num_threads(threads: i64) -> PyResult<()> {
-    let threads = usize::try_from(threads).map_err(|_| {
-        CTCInputError::new_err(format!(
-            "set_num_threads: the thread count must be at least 1, got {threads}"
-        ))
-    })?;
-    threads::set_num_threads(threads).map_err(to_py_err)
+    let count = usize::try_from(threads).map_err(|_| CtcError::ThreadCount {
+        value: threads.into(),
+    });
+    count.and_then(threads::set_num_threads).map_err(to_py_err)
 }
 
 /// The number of worker threads calls run on.

@@ -85,9 +85,7 @@ fn pool() -> Arc<ThreadPool> {
 /// Sets the number of threads for all later calls. `threads` must be at least 1.
 pub fn set_num_threads(threads: usize) -> Result<(), CtcError> {
     if threads == 0 {
-        return Err(CtcError::Setting {
-            message: "set_num_threads: the thread count must be at least 1, got 0".to_owned(),
-        });
+        return Err(CtcError::ThreadCount { value: 0 });
     }
     let pool = build(threads)?;
     let pid = std::process::id();

@@ -14,7 +14,7 @@ mod viterbi;
 use std::cell::RefCell;
 use std::cmp::Reverse;
 
-use ndarray::{s, Array3, ArrayViewMut2, Axis};
+use ndarray::{s, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 pub use dispatch::{level as simd_level, SimdLevel};
@@ -22,8 +22,9 @@ pub use fastmath::FastMath;
 pub use lattice::{GradSpec, SampleRef, Workspace};
 pub use lockstep::GroupWorkspace;
 
-use crate::buffers;
-use crate::options::{InputKind, Layout, Reduction};
+use crate::error::CtcError;
+use crate::gradient::{self, Gradient, RowScale};
+use crate::options::InputKind;
 use crate::output::{AlignmentOutput, CtcOutput};
 use crate::problem::Problem;
 use crate::real::Real;
@@ -97,17 +98,6 @@ fn sample_ref<'p, F: Real>(problem: &'p Problem<'_, F>, n: usize) -> SampleRef<'
     }
 }
 
-/// The reduction's gradient factor for sample `n`.
-fn grad_scale(problem: &Problem<'_, impl Real>, n: usize) -> f64 {
-    match problem.options.reduction {
-        Reduction::None | Reduction::Sum => 1.0,
-        Reduction::Mean => {
-            let batch = problem.samples.len() as f64;
-            1.0 / (batch * problem.samples[n].target_len().max(1) as f64)
-        }
-    }
-}
-
 /// Below this much work (in forward lattice cells, see `total_work`) a batch runs on the
 /// calling thread: handing it to the pool costs more than it saves, and leaves the caller's
 /// core idle.
@@ -144,51 +134,24 @@ fn for_each_job<T: Send>(jobs: Vec<T>, work_size: usize, work: impl Fn(T) + Sync
 }
 
 /// Computes the losses (and, with `with_grad`, the gradient) of a validated batch.
-pub fn compute<F: CpuFloat>(problem: &Problem<'_, F>, with_grad: bool) -> CtcOutput<F> {
+///
+/// Errors: [`CtcError::OutOfMemory`] when the gradient cannot be allocated.
+pub fn compute<F: CpuFloat>(
+    problem: &Problem<'_, F>,
+    with_grad: bool,
+) -> Result<CtcOutput<F>, CtcError> {
     if with_grad {
-        compute_with_grad(problem, |n| grad_scale(problem, n))
+        compute_with_grad(problem, RowScale::Reduction)
     } else {
-        compute_loss(problem)
-    }
-}
-
-/// Asks Linux to back a large fresh buffer with 2 MiB pages: the gradient of a large
-/// vocabulary is tens of MiB of zeroed memory, and faulting it in 4 KiB at a time costs more
-/// than the writes themselves. Purely advisory: any failure is ignored.
-fn advise_huge_pages<T>(buffer: &[T]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = buffer.as_ptr() as usize;
-        let end = start + std::mem::size_of_val(buffer);
-        let first = start.next_multiple_of(HUGE);
-        let last = end / HUGE * HUGE;
-        if last > first {
-            // SAFETY: madvise only advises the kernel about pages of our own live allocation
-            // ([first, last) lies inside the buffer); it does not change their contents.
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = buffer;
+        Ok(compute_loss(problem))
     }
 }
 
 /// Computes the losses and, in place of the gradient, the posterior occupancy `gamma`
 /// (`(T, N, C)`, each valid frame summing to 1; NaN rows for a sample without a finite
 /// loss, 0 with `zero_infinity`).
-pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
-    // The log_probs gradient of one sample is -gamma: a factor of -1 turns it into gamma.
-    let mut problem = problem.clone();
-    problem.options.grad_wrt = crate::options::GradWrt::LogProbs;
-    compute_with_grad(&problem, |_| -1.0)
+pub fn posteriors<F: CpuFloat>(problem: &Problem<'_, F>) -> Result<CtcOutput<F>, CtcError> {
+    compute_with_grad(&gradient::posteriors_problem(problem), RowScale::Posteriors)
 }
 
 /// Samples with at most this many lattice states run side by side, `lockstep::LANES` at a
@@ -314,34 +277,14 @@ fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
 
 fn compute_with_grad<F: CpuFloat>(
     problem: &Problem<'_, F>,
-    scale_of: impl Fn(usize) -> f64 + Sync,
-) -> CtcOutput<F> {
-    let (t_max, batch, classes) = problem.dims();
-    let len = t_max * batch * classes;
-    // A recycled buffer (stale values) when one of about this size was handed back; else
-    // vec! of zeros, which is calloc: pages the kernel never writes (frames past an input
-    // length) cost nothing.
-    let (buffer, clear_rows) = match buffers::take::<F>(len) {
-        Some(buffer) => (buffer, true),
-        None => {
-            let zeros = vec![F::ZERO; len];
-            advise_huge_pages(&zeros);
-            (zeros, false)
-        }
-    };
-    // The kernels write through a (T, N, C) view; for batch-major output that view is a
-    // transposition of (N, T, C) memory.
-    let mut grad = match problem.options.layout {
-        Layout::Tnc => Array3::from_shape_vec((t_max, batch, classes), buffer),
-        Layout::Ntc => Array3::from_shape_vec((batch, t_max, classes), buffer),
-    }
-    .expect("the buffer has exactly t_max * batch * classes elements");
+    row_scale: RowScale,
+) -> Result<CtcOutput<F>, CtcError> {
+    let batch = problem.samples.len();
+    let mut grad = Gradient::allocate(problem)?;
+    let clear_rows = grad.stale;
     let mut losses = vec![0.0f64; batch];
     {
-        let mut view = grad.view_mut();
-        if problem.options.layout == Layout::Ntc {
-            view.swap_axes(0, 1);
-        }
+        let mut view = grad.tnc_mut();
         let items: Vec<(usize, ArrayViewMut2<'_, F>, &mut f64)> = view
             .axis_iter_mut(Axis(1))
             .zip(losses.iter_mut())
@@ -352,7 +295,7 @@ fn compute_with_grad<F: CpuFloat>(
         let jobs = plan_jobs(problem, items, |(n, _, _)| *n);
         let spec_of = |n: usize| GradSpec {
             wrt: problem.options.grad_wrt,
-            scale: F::from_f64(scale_of(n)),
+            scale: F::from_f64(row_scale.of(problem, n)),
             zero_infinity: problem.options.zero_infinity,
             clear_rows,
         };
@@ -395,7 +338,7 @@ fn compute_with_grad<F: CpuFloat>(
             }
         });
     }
-    CtcOutput::new(problem, losses, Some(grad))
+    Ok(CtcOutput::new(problem, losses, Some(grad.into_array())))
 }
 
 thread_local! {

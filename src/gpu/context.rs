@@ -9,7 +9,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::run::Cache;
+use super::cache::Cache;
+use super::contract::{binding, SPAN_BYTES};
 use super::shader;
 use crate::error::CtcError;
 
@@ -340,13 +341,10 @@ fn open() -> Result<Context, CtcError> {
     })
 }
 
-/// Bytes bound for `Span` in `lattice.wgsl` (two `u32`, padded to 16).
-pub(crate) const SPAN_BYTES: u64 = 16;
-
 /// Bindings of `lattice.wgsl`: info, scales, lp (read-only), grad, work, out (read-write), and
 /// the span of frames (uniform, dynamic offset).
 fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
-    let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+    let entry = |(binding, _name, read_only): (u32, &str, bool)| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
@@ -358,7 +356,7 @@ fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     };
     // The span of frames a dispatch covers: one uniform buffer, a dynamic offset per dispatch.
     let span = wgpu::BindGroupLayoutEntry {
-        binding: 6,
+        binding: binding::SPAN,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
@@ -370,12 +368,12 @@ fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("fastctc lattice"),
         entries: &[
-            entry(0, true),
-            entry(1, true),
-            entry(2, true),
-            entry(3, false),
-            entry(4, false),
-            entry(5, false),
+            entry(binding::STORAGE[0]),
+            entry(binding::STORAGE[1]),
+            entry(binding::STORAGE[2]),
+            entry(binding::STORAGE[3]),
+            entry(binding::STORAGE[4]),
+            entry(binding::STORAGE[5]),
             span,
         ],
     })

@@ -36,9 +36,16 @@
 
 const WG: u32 = 256u;
 
+// The host side of every declaration from here to `Sample` is `contract.rs`; a test there
+// reads this file and fails when the two disagree.
+//
 // info[0..HEADER]: number of classes C, blank, flags, number of frames in the chunk; then one
-// META-word record per workgroup.
+// META-word `Sample` record per workgroup.
 const HEADER: u32 = 4u;
+const HEADER_CLASSES: u32 = 0u;
+const HEADER_BLANK: u32 = 1u;
+const HEADER_FLAGS: u32 = 2u;
+const HEADER_FRAMES: u32 = 3u;
 const META: u32 = 10u;
 // The gradient is taken with respect to logits: each row starts from softmax * scale.
 const FLAG_LOGITS_GRAD: u32 = 1u;
@@ -51,6 +58,11 @@ const CLASS_MASK: u32 = 0x7fffffffu;
 const STATUS_OK: u32 = 0u;
 const STATUS_NAN: u32 = 1u;
 const STATUS_NO_PATH: u32 = 2u;
+// A sample's results in `out` after its row maxima m(0..T): slot k is at out_off + T + k.
+const OUT_END: u32 = 0u;
+const OUT_STATUS: u32 = 1u;
+const OUT_CARRY: u32 = 2u;
+const OUT_CUT: u32 = 3u;
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
 // Per workgroup: the reduction's gradient factor.
@@ -159,7 +171,7 @@ fn back_rows(smp: Sample) -> u32 {
 
 // What is subtracted from frame t's input: its log-sum-exp for logits, else 0.
 fn frame_norm(smp: Sample, t: u32) -> real {
-    if (info[2] & FLAG_LOGITS_INPUT) != 0u {
+    if (info[HEADER_FLAGS] & FLAG_LOGITS_INPUT) != 0u {
         return out[smp.frame_off + t];
     }
     return 0.0;
@@ -260,7 +272,7 @@ fn reduce_softmax(lid: u32, v: vec4<real>) -> vec4<real> {
 // The class of label group g, or the blank for g = n_groups.
 fn group_class(smp: Sample, g: u32) -> u32 {
     if g == smp.n_groups {
-        return info[1];
+        return info[HEADER_BLANK];
     }
     return info[smp.group_off + 3u * g];
 }
@@ -271,10 +283,10 @@ fn group_class(smp: Sample, g: u32) -> u32 {
 fn normalise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32) {
     let f = wid.y * groups.x + wid.x;
-    if f >= info[3] {
+    if f >= info[HEADER_FRAMES] {
         return;
     }
-    let classes = info[0];
+    let classes = info[HEADER_CLASSES];
     let row = f * classes;
     let ninf = neg_inf();
     var m = ninf;
@@ -305,14 +317,14 @@ fn normalise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) gro
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    n_classes = info[0];
+    n_classes = info[HEADER_CLASSES];
     let smp = load_sample(wid.x);
     let t_end = min(span.t1, smp.t_len);
     if span.t0 >= t_end {
         return;
     }
-    let status_at = smp.out_off + smp.t_len + 1u;
-    let cut_at = smp.out_off + smp.t_len + 3u;
+    let status_at = smp.out_off + smp.t_len + OUT_STATUS;
+    let cut_at = smp.out_off + smp.t_len + OUT_CUT;
     if lid == 0u {
         if span.t0 == 0u {
             uniform_word = STATUS_OK;
@@ -403,7 +415,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             }
         }
         if status != STATUS_OK || t_end == smp.t_len {
-            out[smp.out_off + smp.t_len] = end;
+            out[smp.out_off + smp.t_len + OUT_END] = end;
         }
         out[status_at] = real(status);
     }
@@ -413,7 +425,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 // The value of gradient entry i (an index into `lp`/`grad`, in a frame with normaliser
 // `norm`) before the occupancy is taken off: softmax * scale for the logits gradient, else 0.
 fn grad_base(i: u32, norm: real, scale: real) -> real {
-    if (info[2] & FLAG_LOGITS_GRAD) != 0u {
+    if (info[HEADER_FLAGS] & FLAG_LOGITS_GRAD) != 0u {
         return exp_r(lp[i] - norm) * scale;
     }
     return 0.0;
@@ -485,20 +497,20 @@ fn write_base(smp: Sample, t: u32, norm: real, scale: real, lid: u32) {
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    n_classes = info[0];
+    n_classes = info[HEADER_CLASSES];
     let smp = load_sample(wid.x);
     let t_end = min(span.t1, smp.t_len);
     if span.t0 >= t_end {
         return;
     }
     if lid == 0u {
-        uniform_word = u32(out[smp.out_off + smp.t_len + 1u]);
+        uniform_word = u32(out[smp.out_off + smp.t_len + OUT_STATUS]);
     }
     // Samples without a finite loss get their rows filled on the host.
     if workgroupUniformLoad(&uniform_word) != STATUS_OK {
         return;
     }
-    let carry_at = smp.out_off + smp.t_len + 2u;
+    let carry_at = smp.out_off + smp.t_len + OUT_CARRY;
     let ninf = neg_inf();
     let t_len = smp.t_len;
     let states = smp.states;
@@ -596,5 +608,5 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     if lid == 0u {
         out[carry_at] = m_w;
     }
-    flag_cut_loops(carry_at + 1u, loops_ok);
+    flag_cut_loops(smp.out_off + smp.t_len + OUT_CUT, loops_ok);
 }

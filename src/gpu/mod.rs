@@ -28,15 +28,21 @@
 //! integrated GPU. `FASTCTC_GPU_WORKGROUP_SIZE` (32, 64, 128, 256) and
 //! `FASTCTC_GPU_CHUNK_BYTES` (the largest buffer a chunk may use) are tuning knobs.
 
+mod cache;
 mod context;
+mod contract;
+mod pack;
 mod plan;
+mod profile;
 mod run;
 mod shader;
 
 pub use context::GpuInfo;
-pub use run::Timings;
+pub use profile::Timings;
 
 use crate::error::CtcError;
+use crate::gradient::{self, RowScale};
+use crate::options::Job;
 use crate::output::CtcOutput;
 use crate::problem::Problem;
 use crate::real::Real;
@@ -56,57 +62,44 @@ impl GpuFloat for f64 {
     const F64: bool = true;
 }
 
-/// Computes the losses (and, with `with_grad`, the gradient) of a validated batch on the GPU.
+/// Computes `job` (the loss, the loss and gradient, or posteriors) of a validated batch on
+/// the GPU; with `timings`, each phase is submitted, waited for and timed on its own (for
+/// benchmarks: slower). Alignment is not a GPU job.
 ///
 /// Errors: [`CtcError::GpuUnavailable`] when no adapter can be opened,
 /// [`CtcError::GpuUnsupportedDtype`] for float64 on an adapter without 64-bit float shaders,
 /// [`CtcError::Gpu`] when the device fails or one sample's input exceeds a storage binding.
 pub fn compute<F: GpuFloat>(
     problem: &Problem<'_, F>,
-    with_grad: bool,
+    job: Job,
+    timings: Option<&mut Timings>,
 ) -> Result<CtcOutput<F>, CtcError> {
+    let posteriors;
+    let (problem, row_scale) = match job {
+        Job::Loss | Job::LossAndGrad => (problem, RowScale::Reduction),
+        Job::Posteriors => {
+            posteriors = gradient::posteriors_problem(problem);
+            (&posteriors, RowScale::Posteriors)
+        }
+        Job::Align => {
+            // Alignment runs on the CPU only.
+            return Err(CtcError::UnknownOption {
+                argument: "device",
+                value: "gpu".to_owned(),
+                allowed: &["cpu"],
+            });
+        }
+    };
     let ctx = context::get()?;
     let kernels = ctx.kernels(F::F64)?;
-    let scale_of = |n: usize| run::grad_scale(problem, n);
-    scoped(ctx, || {
-        run::run(ctx, kernels, problem, with_grad, &scale_of, None)
-    })
-}
-
-/// Per-sample losses and, in place of the gradient, the posterior occupancy `gamma`, as
-/// [`crate::cpu::posteriors`] returns them.
-pub fn posteriors<F: GpuFloat>(problem: &Problem<'_, F>) -> Result<CtcOutput<F>, CtcError> {
-    let ctx = context::get()?;
-    let kernels = ctx.kernels(F::F64)?;
-    // The log_probs gradient of one sample is -gamma: a factor of -1 turns it into gamma.
-    let mut problem = problem.clone();
-    problem.options.grad_wrt = crate::options::GradWrt::LogProbs;
-    scoped(ctx, || {
-        run::run(ctx, kernels, &problem, true, &|_| -1.0, None)
-    })
-}
-
-/// As [`compute`], with each phase submitted and waited for separately and timed. Slower than
-/// [`compute`] (one host round trip per phase): for benchmarks.
-pub fn compute_profiled<F: GpuFloat>(
-    problem: &Problem<'_, F>,
-    with_grad: bool,
-) -> Result<(CtcOutput<F>, Timings), CtcError> {
-    let ctx = context::get()?;
-    let kernels = ctx.kernels(F::F64)?;
-    let mut timings = Timings::default();
-    let scale_of = |n: usize| run::grad_scale(problem, n);
-    let output = scoped(ctx, || {
-        run::run(
-            ctx,
-            kernels,
-            problem,
-            with_grad,
-            &scale_of,
-            Some(&mut timings),
-        )
-    })?;
-    Ok((output, timings))
+    let call = run::Call {
+        ctx,
+        kernels,
+        problem,
+        with_grad: job != Job::Loss,
+        row_scale,
+    };
+    scoped(ctx, || run::run(&call, timings))
 }
 
 /// The adapter the GPU backend runs on, opening it if needed.

@@ -8,12 +8,9 @@
 //! the others during the backward sweep, so T and S are not capped by the table; only a
 //! sample whose own `T x C` input exceeds one binding cannot run on the GPU.
 
+use super::contract::{out, HEADER, META};
 use crate::error::CtcError;
 
-/// Words of `info` per sample record (`META` in `lattice.wgsl`).
-pub(crate) const META: usize = 10;
-/// Words of `info` before the records (`HEADER` in `lattice.wgsl`).
-pub(crate) const HEADER: usize = 4;
 /// Rows of `work` the backward sweep needs besides the alpha rows: two w rows, two occupancy
 /// rows.
 const BACK_ROWS: usize = 4;
@@ -100,7 +97,7 @@ impl Job {
             ckpt,
             rows,
             work,
-            out: 2 * t_len + 4,
+            out: 2 * t_len + out::SLOTS,
             info: META + states + 3 * groups + labels.len(),
         })
     }

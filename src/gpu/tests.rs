@@ -4,7 +4,7 @@
 use ndarray::{Array1, Array2, Array3};
 
 use super::*;
-use crate::options::{GradWrt, InputKind, Layout, Options, Reduction};
+use crate::options::{GradWrt, InputKind, Job, Layout, Options, Reduction};
 use crate::problem::{validate, Targets};
 
 fn gpu_or_skip() -> bool {
@@ -81,8 +81,8 @@ fn compare(case: &Case, options: Options, grad_tol: f64) {
         options,
     )
     .unwrap();
-    let cpu = crate::cpu::compute(&problem, true);
-    let gpu = compute(&problem, true).unwrap();
+    let cpu = crate::cpu::compute(&problem, true).unwrap();
+    let gpu = compute(&problem, Job::LossAndGrad, None).unwrap();
     for (n, (a, b)) in gpu.losses.iter().zip(&cpu.losses).enumerate() {
         let tol = 1e-5 * b.abs().max(1.0);
         assert!(
@@ -103,7 +103,7 @@ fn compare(case: &Case, options: Options, grad_tol: f64) {
         })
         .fold(0.0, f64::max);
     assert!(worst <= grad_tol, "gradient differs by {worst}");
-    let loss_only = compute(&problem, false).unwrap();
+    let loss_only = compute(&problem, Job::Loss, None).unwrap();
     assert_eq!(loss_only.losses, gpu.losses);
 }
 

@@ -1,0 +1,128 @@
+//! The one call path every entry point takes (the Python functions, the GPU profile, Rust
+//! users of the crate, the benchmarks): validate, check memory, run a backend, return its
+//! outputs. A rule about calls belongs here, once, never in a binding.
+
+use ndarray::{ArrayView1, ArrayView3};
+
+use crate::cpu::{self, CpuFloat};
+use crate::error::CtcError;
+use crate::memory;
+use crate::options::{Device, Job, Options};
+use crate::output::{AlignmentOutput, CtcOutput};
+use crate::problem::{validate, Problem, Targets};
+
+/// A float type every backend takes: `f32` and `f64`.
+#[cfg(feature = "gpu")]
+pub trait Float: CpuFloat + crate::gpu::GpuFloat {}
+/// A float type every backend takes: `f32` and `f64`.
+#[cfg(not(feature = "gpu"))]
+pub trait Float: CpuFloat {}
+
+impl Float for f32 {}
+impl Float for f64 {}
+
+/// Why `device="gpu"` fails in a build without the GPU backend.
+#[cfg_attr(feature = "gpu", allow(dead_code))]
+pub(crate) const NO_GPU_BACKEND: &str =
+    "this build of fastctc has no GPU backend (it was compiled without the cargo feature 'gpu')";
+
+/// A call's data, as the caller holds it (nothing checked yet).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a, F> {
+    /// `(T, N, C)`, any strides.
+    pub log_probs: ArrayView3<'a, F>,
+    pub targets: Targets<'a>,
+    pub input_lengths: ArrayView1<'a, i64>,
+    pub target_lengths: ArrayView1<'a, i64>,
+    /// In `[-C, C)`; a negative value counts from the end.
+    pub blank: i64,
+}
+
+/// What a call returns.
+#[derive(Debug, Clone)]
+pub enum Outcome<F> {
+    /// [`Job::Loss`] and [`Job::LossAndGrad`]: the loss and, for the latter, the gradient.
+    /// [`Job::Posteriors`]: per-sample losses and `gamma` in place of the gradient.
+    Losses(CtcOutput<F>),
+    /// [`Job::Align`].
+    Alignment(AlignmentOutput<F>),
+}
+
+/// Validates `batch` and runs `job` on `device`.
+///
+/// Errors: every [`CtcError`] the input can cause, before anything is computed;
+/// [`CtcError::OutOfMemory`] when a buffer the job needs cannot be had; the GPU's errors.
+pub fn run<F: Float>(
+    batch: Batch<'_, F>,
+    options: Options,
+    job: Job,
+    device: Device,
+) -> Result<Outcome<F>, CtcError> {
+    let problem = prepare(batch, options, job)?;
+    match (job, device) {
+        (Job::Loss | Job::LossAndGrad, Device::Cpu) => {
+            cpu::compute(&problem, job == Job::LossAndGrad).map(Outcome::Losses)
+        }
+        (Job::Posteriors, Device::Cpu) => cpu::posteriors(&problem).map(Outcome::Losses),
+        (Job::Align, Device::Cpu) => Ok(Outcome::Alignment(cpu::align(&problem))),
+        (_, Device::Gpu) => gpu_losses(&problem, job, None).map(Outcome::Losses),
+    }
+}
+
+/// As [`run`] with `device="gpu"` and [`Job::Loss`] or [`Job::LossAndGrad`], with each phase
+/// of the GPU call submitted, waited for and timed on its own (slower): for benchmarks.
+#[cfg(feature = "gpu")]
+pub fn run_gpu_profiled<F: Float>(
+    batch: Batch<'_, F>,
+    options: Options,
+    with_grad: bool,
+) -> Result<(CtcOutput<F>, crate::gpu::Timings), CtcError> {
+    let job = if with_grad {
+        Job::LossAndGrad
+    } else {
+        Job::Loss
+    };
+    let problem = prepare(batch, options, job)?;
+    let mut timings = crate::gpu::Timings::default();
+    let output = gpu_losses(&problem, job, Some(&mut timings))?;
+    Ok((output, timings))
+}
+
+/// Validation and the memory pre-check: everything a call checks before any backend runs.
+fn prepare<'a, F>(
+    batch: Batch<'a, F>,
+    options: Options,
+    job: Job,
+) -> Result<Problem<'a, F>, CtcError> {
+    let problem = validate(
+        batch.log_probs,
+        batch.targets,
+        batch.input_lengths,
+        batch.target_lengths,
+        batch.blank,
+        options,
+    )?;
+    memory::check(&problem, job)?;
+    Ok(problem)
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_losses<F: Float>(
+    problem: &Problem<'_, F>,
+    job: Job,
+    timings: Option<&mut crate::gpu::Timings>,
+) -> Result<CtcOutput<F>, CtcError> {
+    crate::gpu::compute(problem, job, timings)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_losses<F: Float>(
+    _problem: &Problem<'_, F>,
+    _job: Job,
+    _timings: Option<&mut ()>,
+) -> Result<CtcOutput<F>, CtcError> {
+    Err(CtcError::GpuUnavailable {
+        tried: "nothing".to_owned(),
+        message: NO_GPU_BACKEND.to_owned(),
+    })
+}
