@@ -62,8 +62,6 @@ Layout = Literal["TNC", "NTC"]
 Device = Literal["cpu", "gpu"]
 Lengths = _args.Lengths
 
-_DEVICES = ("cpu", "gpu")
-
 
 def _run(
     log_probs: npt.ArrayLike,
@@ -83,7 +81,7 @@ def _run(
     reduction = _args.check_str(reduction, "reduction")
     input_kind = _args.check_str(input_kind, "input_kind")
     grad_wrt = _args.grad_wrt_for(grad_wrt, input_kind)
-    _args.check_choice(device, "device", _DEVICES)
+    device = _args.check_str(device, "device")
     loss, grad = _ctc(
         b.log_probs,
         b.targets,
@@ -307,7 +305,7 @@ def ctc_posteriors(
     """
     b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
     input_kind = _args.check_str(input_kind, "input_kind")
-    _args.check_choice(device, "device", _DEVICES)
+    device = _args.check_str(device, "device")
     losses, gamma = _posteriors(
         b.log_probs,
         b.targets,
