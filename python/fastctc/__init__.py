@@ -283,7 +283,7 @@ def ctc_posteriors(
 
     ``gamma[t, n, c]`` is the probability, given sample ``n``'s alignments, that frame ``t``
     emits class ``c``: each valid frame sums to 1, frames past the input length are 0. It is
-    minus the true gradient of the summed loss (DESIGN.md section 1), useful for label
+    minus the true gradient of the summed loss (``docs/design.md#gradient``), useful for label
     smoothing, regularisers, confidence estimates and soft alignments. Takes the data
     arguments of :func:`ctc_loss`, and its ``input_kind`` and ``layout``.
 

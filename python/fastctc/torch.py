@@ -532,8 +532,10 @@ def ctc_loss(
         ``loss_n / max(target_length_n, 1)``.
     zero_infinity : bool, default False
         Replace infinite losses (impossible alignments) and their gradients by 0.
-    device : {"cpu"}, keyword-only, default "cpu"
-        The fastctc backend that computes the loss (not the device of the tensors).
+    device : {"cpu", "gpu"}, keyword-only, default "cpu"
+        The fastctc backend that computes the loss (see :func:`fastctc.ctc_loss`), whatever
+        the device of the tensors: ``"gpu"`` runs fastctc's wgpu shaders on tensors copied
+        through the host, and the result returns to the tensors' device.
 
     Returns
     -------
@@ -611,8 +613,8 @@ class CTCLoss(torch.nn.CTCLoss):
         As in :func:`ctc_loss`.
     zero_infinity : bool, default False
         Replace infinite losses (impossible alignments) and their gradients by 0.
-    device : {"cpu"}, keyword-only, default "cpu"
-        The fastctc backend.
+    device : {"cpu", "gpu"}, keyword-only, default "cpu"
+        The fastctc backend, as in :func:`ctc_loss`.
 
     Examples
     --------
