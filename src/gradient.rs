@@ -1,4 +1,4 @@
-//! The gradient's rules, written once for every backend (docs/design.md, "The gradient
+//! The gradient's rules, written once for every backend (`docs/design.md#gradient`, "The gradient
 //! contract"): the factor each sample's rows are scaled by, what the rows of a sample
 //! without a finite loss hold, and the buffer the gradient is written into.
 

@@ -32,7 +32,7 @@ impl Reduction {
     }
 }
 
-/// Which gradient is returned (docs/design.md, "The gradient contract").
+/// Which gradient is returned (`docs/design.md#gradient`, "The gradient contract").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradWrt {
     /// The true gradient `d loss / d log_probs = -gamma`.

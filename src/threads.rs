@@ -3,6 +3,10 @@
 //! One pool for the process, sized from `FASTCTC_NUM_THREADS`, else `RAYON_NUM_THREADS`, else
 //! the number of available cores; [`set_num_threads`] replaces it. Kept separate from rayon's
 //! global pool so that resizing works at any time and never fights the caller's own rayon use.
+//! An environment value above [`MAX_THREADS_PER_CORE`] threads per available core is clamped
+//! to that bound, with one warning on stderr: the kernels are CPU-bound, so more threads only
+//! cost memory, and a count the operating system refuses (`FASTCTC_NUM_THREADS=1000000`)
+//! used to leave the process on one thread after spawning tens of thousands.
 //!
 //! A forked child (Python's `multiprocessing` on Linux, a PyTorch `DataLoader` worker)
 //! inherits the pool but none of its threads: work handed to it would wait forever. The
@@ -22,19 +26,56 @@ struct OwnedPool {
 
 static POOL: RwLock<Option<OwnedPool>> = RwLock::new(None);
 
+/// The most threads per available core an environment variable may ask for; above, the
+/// count is clamped (see [`default_num_threads`]).
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// The number of cores this process may run on (affinity and cgroup quota included).
+fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// The thread count used when none was set: the first positive integer among
-/// `FASTCTC_NUM_THREADS` and `RAYON_NUM_THREADS`, else the number of cores.
+/// `FASTCTC_NUM_THREADS` and `RAYON_NUM_THREADS`, else the number of available cores. A value
+/// above `MAX_THREADS_PER_CORE` times the available cores is clamped to that, with a warning
+/// on stderr (once per process).
 pub fn default_num_threads() -> usize {
-    ["FASTCTC_NUM_THREADS", "RAYON_NUM_THREADS"]
+    let cores = available_cores();
+    let found = ["FASTCTC_NUM_THREADS", "RAYON_NUM_THREADS"]
         .iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .filter_map(|value| value.trim().parse::<usize>().ok())
-        .find(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .filter_map(|&name| Some((name, std::env::var(name).ok()?)))
+        .filter_map(|(name, value)| Some((name, value.trim().parse::<u128>().ok()?)))
+        .find(|&(_, n)| n > 0);
+    match found {
+        Some((name, n)) => {
+            let (threads, clamped) = clamp_threads(n, cores);
+            if clamped {
+                warn_once(&format!(
+                    "fastctc: {name}={n} is more than {MAX_THREADS_PER_CORE} threads per \
+                     available core ({cores} available); using {threads} threads"
+                ));
+            }
+            threads
+        }
+        None => cores,
+    }
+}
+
+/// `requested` threads, at most `MAX_THREADS_PER_CORE * cores`; and whether it was clamped.
+fn clamp_threads(requested: u128, cores: usize) -> (usize, bool) {
+    let bound = MAX_THREADS_PER_CORE.saturating_mul(cores.max(1));
+    match usize::try_from(requested) {
+        Ok(n) if n <= bound => (n, false),
+        _ => (bound, true),
+    }
+}
+
+/// Prints `message` on stderr, the first time only.
+fn warn_once(message: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| eprintln!("{message}"));
 }
 
 fn build(threads: usize) -> Result<Arc<ThreadPool>, CtcError> {
@@ -233,6 +274,16 @@ mod tests {
             let want: Vec<usize> = (1..=64).collect();
             assert_eq!(out, want, "round {round}");
         }
+    }
+
+    #[test]
+    fn environment_counts_are_clamped_to_a_few_per_core() {
+        assert_eq!(clamp_threads(3, 2), (3, false));
+        assert_eq!(clamp_threads(8, 2), (8, false));
+        assert_eq!(clamp_threads(9, 2), (8, true));
+        assert_eq!(clamp_threads(1_000_000, 16), (64, true));
+        assert_eq!(clamp_threads(u128::MAX, 1), (4, true));
+        assert_eq!(clamp_threads(5, 0), (4, true));
     }
 
     #[test]

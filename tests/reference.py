@@ -5,7 +5,7 @@ plain Python loops over frames and extended states, no clever indexing.  It must
 share code with fastctc; the tests trust it because `test_reference.py` checks it
 against a brute-force enumeration of every alignment on many tiny cases.
 
-Conventions (the fastctc contract, DESIGN.md section 1):
+Conventions (the fastctc contract, docs/design.md#gradient):
 
 * ``log_probs`` has shape (T, N, C); sample ``n`` uses frames ``t < input_lengths[n]``.
 * A sample's loss is ``-log sum_{alignments a} exp(sum_t log_probs[t, n, a_t])``.

@@ -117,3 +117,32 @@ def test_unknown_layout_or_input_kind(kwargs, pattern) -> None:
         fastctc.ctc_loss_and_grad(lp, [[1]], [3], [1], **kwargs)
     with pytest.raises(ValueError, match=pattern):
         fastctc.ctc_loss(lp, [[1]], [3], [1], **kwargs)
+
+
+ENTRIES = ["ctc_loss", "ctc_loss_and_grad", "ctc_posteriors", "ctc_align"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_every_entry_refuses_an_unknown_layout(entry, unbatched) -> None:
+    """Also where the layout changes nothing (unbatched input, and ctc_align, whose native
+    function takes no layout)."""
+    lp, args = np.log(np.full((3, 1, 3), 1 / 3)), ([[1]], [3], [1])
+    if unbatched:
+        lp, args = lp[:, 0], ([1], 3, 1)
+    with pytest.raises(fastctc.CTCInputError, match=r"^layout: unknown value 'ntc', expected"):
+        getattr(fastctc, entry)(lp, *args, layout="ntc")
+    with pytest.raises(fastctc.CTCTypeError, match="^layout: expected a string, got int"):
+        getattr(fastctc, entry)(lp, *args, layout=1)
+
+
+@pytest.mark.parametrize(
+    ("entry", "allowed"), [("ctc_posteriors", "'cpu', 'gpu'"), ("ctc_align", "'cpu'$")]
+)
+def test_every_entry_refuses_an_unknown_device(entry, allowed) -> None:
+    lp = np.log(np.full((3, 1, 3), 1 / 3))
+    pattern = rf"^device: unknown value 'tpu', expected one of {allowed}"
+    with pytest.raises(fastctc.CTCInputError, match=pattern):
+        getattr(fastctc, entry)(lp, [[1]], [3], [1], device="tpu")
+    with pytest.raises(fastctc.CTCTypeError, match="^device: expected a string"):
+        getattr(fastctc, entry)(lp, [[1]], [3], [1], device=None)

@@ -4,8 +4,8 @@ Parity with torch in every argument form, the true gradient (gradcheck), upstrea
 half precision, errors torch does not raise, double backward, torch.compile(fullgraph=True),
 DistributedDataParallel, and the training example in examples/. Eager calls take a lean
 autograd.Function (no custom operator), whose backward reuses the saved gradient only when the
-graph is freed (retain_graph=True leaves it intact); traced and vmapped calls take the custom
-operators.
+graph is freed (retain_graph=True leaves it intact); traced calls take the custom operators,
+and calls under torch.func transforms (grad, vjp, vmap) an autograd.Function around them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import require_torch
 from ctc_cases import assert_close_or_same_nonfinite, make_case
+from reference import logits_grad_from_log_probs_grad
 
 torch = require_torch()
 
@@ -396,8 +397,13 @@ def test_gradient_accumulated_with_another_branch(rng):
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-10)
 
 
-def test_vmap_of_the_loss(rng):
-    """Under functorch transforms the call goes through the custom operator, as before."""
+def test_vmap_of_the_loss(monkeypatch, rng):
+    """Under vmap, with no gradient needed, the call goes through the loss-only operator."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the gradient was computed")
+
+    monkeypatch.setattr(fastctc_torch, "_ctc_loss_and_grad_op", fail)
     log_probs, args = _ctc_problem(rng)
     batch = torch.stack([log_probs, log_probs * 0.5])
     with warnings.catch_warnings():
@@ -405,6 +411,109 @@ def test_vmap_of_the_loss(rng):
         losses = torch.vmap(lambda lp: ctc_loss(lp, *args, reduction="sum"))(batch)
     expected = torch.stack([ctc_loss(lp, *args, reduction="sum") for lp in batch])
     torch.testing.assert_close(losses, expected, rtol=0, atol=0)
+
+
+def _func_problem(rng, input_kind):
+    """A float64 batch, the loss as fastctc and torch compute it from ``x`` (log-probabilities,
+    or logits through log_softmax), and the reference gradient function of the weights."""
+    case = make_case(rng, 10, 4, 5, 4, min_input_length=1)
+    case.input_lengths[2] = 6  # frames past it get no gradient
+    targets = torch.from_numpy(case.padded(0))
+    lengths = (torch.from_numpy(case.input_lengths), torch.from_numpy(case.target_lengths))
+    if input_kind == "log_probs":
+        x, to_lp = torch.from_numpy(case.log_probs), lambda x: x
+    else:
+        # logits whose log_softmax is the case's log_probs
+        x = torch.from_numpy(case.log_probs + rng.normal(size=(10, 4, 1)))
+        to_lp = lambda x: x.log_softmax(-1)  # noqa: E731
+    lp = case.log_probs
+
+    def ours(x, reduction="mean"):
+        return ctc_loss(to_lp(x), targets, *lengths, reduction=reduction)
+
+    def theirs(x, reduction="mean"):
+        return F.ctc_loss(to_lp(x), targets, *lengths, reduction=reduction)
+
+    def reference(reduction="mean", weights=None):
+        """d (weights . loss) / d x from tests/reference.py (weights: per sample, "none")."""
+        g = case.reference(reduction).grad_log_probs
+        if weights is not None:
+            g = g * weights[None, :, None]
+        return g if input_kind == "log_probs" else logits_grad_from_log_probs_grad(g, lp)
+
+    def torch_convention(grad):
+        """Our gradient in torch's convention for log_probs input (exp(lp) - gamma, which is
+        what torch returns as log_probs.grad); the logits gradient as it is."""
+        if input_kind == "log_probs":
+            return torch.from_numpy(logits_grad_from_log_probs_grad(grad.numpy(), lp))
+        return grad
+
+    return x, ours, theirs, reference, torch_convention
+
+
+@pytest.mark.parametrize("input_kind", ["log_probs", "logits"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_torch_func_grad(input_kind, reduction, rng):
+    """torch.func.grad over the loss: the reference gradient, autograd's, and torch's."""
+    x, ours, theirs, reference, torch_convention = _func_problem(rng, input_kind)
+    grad = torch.func.grad(lambda x: ours(x, reduction))(x)
+    np.testing.assert_allclose(grad.numpy(), reference(reduction), rtol=0, atol=1e-12)
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(ours(leaf, reduction), leaf)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-15)
+    torch_grad = torch.func.grad(lambda x: theirs(x, reduction))(x)
+    torch.testing.assert_close(torch_convention(grad), torch_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("input_kind", ["log_probs", "logits"])
+def test_torch_func_vjp(input_kind, rng):
+    """torch.func.vjp with per-sample weights (reduction "none"): the reference, autograd's
+    and torch's vector-Jacobian products."""
+    x, ours, theirs, reference, torch_convention = _func_problem(rng, input_kind)
+    weights = rng.normal(size=4)
+    cotangent = torch.from_numpy(weights)
+    loss, vjp_fn = torch.func.vjp(lambda x: ours(x, "none"), x)
+    torch.testing.assert_close(loss, theirs(x, "none"), rtol=1e-12, atol=0)
+    (grad,) = vjp_fn(cotangent)
+    np.testing.assert_allclose(grad.numpy(), reference("none", weights), rtol=0, atol=1e-12)
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(ours(leaf, "none"), leaf, cotangent)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-15)
+    (torch_grad,) = torch.func.vjp(lambda x: theirs(x, "none"), x)[1](cotangent)
+    torch.testing.assert_close(torch_convention(grad), torch_grad, rtol=0, atol=1e-12)
+
+
+def test_torch_func_second_derivative_raises(rng):
+    """Transforms differentiate the first-order gradient only, as autograd does."""
+    x, ours, *_ = _func_problem(rng, "logits")
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.func.grad(lambda x: torch.func.grad(ours)(x).pow(2).sum())(x)
+
+
+def test_per_sample_gradients_with_vmap_of_grad(rng):
+    """vmap(grad(...)): one gradient per example, as torch's own loss gives them."""
+    _, ours, theirs, *_ = _func_problem(rng, "logits")
+    examples = torch.from_numpy(rng.normal(size=(3, 10, 4, 5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no batching rule: torch warns and loops
+        grads = torch.vmap(torch.func.grad(ours))(examples)
+        expected = torch.vmap(torch.func.grad(theirs))(examples)
+    torch.testing.assert_close(grads, expected, rtol=0, atol=1e-12)
+
+
+def test_backward_through_vmap(rng):
+    """A vmapped loss of a tensor that requires grad can be backpropagated (it used to find
+    no autograd formula)."""
+    _, ours, theirs, *_ = _func_problem(rng, "logits")
+    examples = torch.from_numpy(rng.normal(size=(2, 10, 4, 5)))
+    grads = []
+    for loss_fn in (ours, theirs):
+        x = examples.clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.vmap(loss_fn)(x).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)
 
 
 def test_without_grad_only_the_loss_is_computed(monkeypatch):

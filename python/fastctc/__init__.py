@@ -28,13 +28,13 @@ from fastctc._core import (
     GpuUnavailableError,
     __version__,
     get_num_threads,
-    set_num_threads,
     simd_features,
 )
 from fastctc._core import ctc as _ctc
 from fastctc._core import empty_cache as _empty_cache
 from fastctc._core import gpu_info as _gpu_info
 from fastctc._core import posteriors as _posteriors
+from fastctc._core import set_num_threads as _set_num_threads
 from fastctc.alignment import Alignment, ctc_align, frames_to_seconds
 
 __all__ = [
@@ -62,8 +62,6 @@ Layout = Literal["TNC", "NTC"]
 Device = Literal["cpu", "gpu"]
 Lengths = _args.Lengths
 
-_DEVICES = ("cpu", "gpu")
-
 
 def _run(
     log_probs: npt.ArrayLike,
@@ -83,7 +81,7 @@ def _run(
     reduction = _args.check_str(reduction, "reduction")
     input_kind = _args.check_str(input_kind, "input_kind")
     grad_wrt = _args.grad_wrt_for(grad_wrt, input_kind)
-    _args.check_choice(device, "device", _DEVICES)
+    device = _args.check_str(device, "device")
     loss, grad = _ctc(
         b.log_probs,
         b.targets,
@@ -285,7 +283,7 @@ def ctc_posteriors(
 
     ``gamma[t, n, c]`` is the probability, given sample ``n``'s alignments, that frame ``t``
     emits class ``c``: each valid frame sums to 1, frames past the input length are 0. It is
-    minus the true gradient of the summed loss (DESIGN.md section 1), useful for label
+    minus the true gradient of the summed loss (``docs/design.md#gradient``), useful for label
     smoothing, regularisers, confidence estimates and soft alignments. Takes the data
     arguments of :func:`ctc_loss`, and its ``input_kind`` and ``layout``.
 
@@ -307,7 +305,7 @@ def ctc_posteriors(
     """
     b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
     input_kind = _args.check_str(input_kind, "input_kind")
-    _args.check_choice(device, "device", _DEVICES)
+    device = _args.check_str(device, "device")
     losses, gamma = _posteriors(
         b.log_probs,
         b.targets,
@@ -322,6 +320,43 @@ def ctc_posteriors(
     if not b.batched:
         return losses.reshape(()), gamma[:, 0, :]
     return losses, gamma
+
+
+def set_num_threads(threads: int) -> None:
+    """Sets the number of worker threads the CPU backend uses for later calls.
+
+    Replaces the pool sized at the first call from ``FASTCTC_NUM_THREADS``, else
+    ``RAYON_NUM_THREADS``, else the number of available cores (an environment value above
+    four threads per available core is clamped to that, with a warning on stderr). The pool
+    is fastctc's own, not rayon's global one; a forked child starts a pool of the same size.
+
+    A call runs without the GIL and cannot be interrupted: Ctrl-C (``SIGINT``) during a long
+    call is delivered, as ``KeyboardInterrupt``, when the call returns.
+
+    Parameters
+    ----------
+    threads : int
+        At least 1.
+
+    Raises
+    ------
+    CTCInputError
+        (a ``ValueError``) for a count below 1, one beyond 64 bits, or one the operating
+        system cannot start.
+
+    Examples
+    --------
+    >>> import fastctc
+    >>> before = fastctc.get_num_threads()
+    >>> fastctc.set_num_threads(2)
+    >>> fastctc.get_num_threads()
+    2
+    >>> fastctc.set_num_threads(before)
+    """
+    threads = _args.integer(threads, "set_num_threads")
+    if not -(2**63) <= threads < 2**63:
+        raise _args.too_large("set_num_threads", threads)
+    _set_num_threads(threads)
 
 
 def gpu_info() -> dict | None:

@@ -1,8 +1,10 @@
 """Argument normalisation shared by every public function: arrays, dtypes and batching.
 
 Type problems raise :class:`CTCTypeError`; value checks beyond "is this an integer array of
-a sensible rank" belong to the Rust validator (``src/problem.rs``), which runs once before
-any kernel.
+a sensible rank" belong to the Rust core (``src/problem.rs`` validates the data,
+``src/options.rs`` and the binding the option strings), which runs once before any kernel and
+writes each message once. This module checks only what the core cannot see: Python types,
+Python ints beyond 64 bits, and the unbatched ``(T, C)`` form.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from fastctc._core import CTCInputError, CTCTypeError
 Lengths = Union[npt.ArrayLike, Sequence[int], int]  # noqa: UP007 (runtime alias, py3.10)
 
 LAYOUTS = ("TNC", "NTC")
-INPUT_KINDS = ("log_probs", "logits")
 
 
 def grad_wrt_for(grad_wrt: str | None, input_kind: str) -> str:
@@ -39,7 +40,7 @@ class Batch(NamedTuple):
     target_lengths: np.ndarray  # (N,) int64
     blank: int
     batched: bool  # False when the caller passed one unbatched (T, C) sample
-    layout: str  # the gradient layout to ask the core for: "TNC" or "NTC"
+    layout: str  # the gradient layout to ask the core for ("TNC" or "NTC"; the core checks it)
 
 
 def int_array(value: object, name: str) -> np.ndarray:
@@ -50,8 +51,7 @@ def int_array(value: object, name: str) -> np.ndarray:
     except (ValueError, TypeError) as error:
         raise CTCInputError(f"{name}: cannot be read as an integer array ({error})") from None
     if array.dtype == object and array.size and all(isinstance(v, int) for v in array.flat):
-        big = max(array.flat, key=abs)
-        raise CTCInputError(f"{name}: value {big} does not fit in a 64-bit integer")
+        raise too_large(name, max(array.flat, key=abs))
     if array.dtype.kind not in "iu":
         # An empty Python list has no dtype of its own: numpy guesses float64.
         if not is_array and array.size == 0 and array.dtype.kind == "f":
@@ -101,6 +101,11 @@ def check_str(value: object, name: str) -> str:
     return value
 
 
+def too_large(name: str, value: int) -> CTCInputError:
+    """The error for a Python int the core cannot take (it reads 64-bit integers)."""
+    return CTCInputError(f"{name}: {value} does not fit in a 64-bit integer")
+
+
 def integer(value: object, name: str) -> int:
     """An int-like argument (``operator.index``), else :class:`CTCTypeError`."""
     try:
@@ -110,6 +115,8 @@ def integer(value: object, name: str) -> int:
 
 
 def check_choice(value: object, name: str, allowed: Sequence[str]) -> str:
+    """For options the core never receives (those of ``ctc_align``); the core validates the
+    others itself, with the same wording."""
     value = check_str(value, name)
     if value not in allowed:
         raise CTCInputError(
@@ -171,11 +178,13 @@ def batch(
         # only. The general path's conversions cost a few microseconds, and several times
         # that when the call finds the caches cold, against a short batch's ~50 us kernel.
         return Batch(log_probs, targets, input_lengths, target_lengths, blank, True, "TNC")  # type: ignore[arg-type]
-    layout = check_choice(layout, "layout", LAYOUTS)
+    # The core validates the layout's value; only "NTC" needs work here.
+    layout = check_str(layout, "layout")
     lp = log_probs_array(log_probs)
     batched = lp.ndim == 3
     if not batched:
-        layout = "TNC"
+        if layout == "NTC":
+            layout = "TNC"  # no batch axis to move
     elif layout == "NTC":
         lp = lp.transpose(1, 0, 2)
     tg = int_array(targets, "targets")
@@ -190,5 +199,5 @@ def batch(
     tl = lengths(target_lengths, "target_lengths", batched)
     blank = integer(blank, "blank")
     if not -(2**63) <= blank < 2**63:
-        raise CTCInputError(f"blank: {blank} is outside [-C, C) for C={lp.shape[-1]} classes")
+        raise too_large("blank", blank)
     return Batch(lp, tg, il, tl, blank, batched, layout)

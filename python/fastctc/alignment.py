@@ -77,9 +77,11 @@ def ctc_align(
     >>> result.labels[0].tolist(), result.spans[0].tolist()
     ([0, 1, 1, 0, 2], [[1, 3], [4, 5]])
     """
+    # The core's alignment takes neither a layout nor a device: both are checked here.
+    _args.check_choice(layout, "layout", _args.LAYOUTS)
+    _args.check_choice(device, "device", ("cpu",))
     b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
     input_kind = _args.check_str(input_kind, "input_kind")
-    _args.check_choice(device, "device", ("cpu",))
     labels, scores, spans, path_scores = _align(
         b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, input_kind
     )

@@ -22,13 +22,16 @@ Two routes lead to the same computation:
   in place otherwise. With ``retain_graph=True`` or ``create_graph=True`` it returns a scaled
   copy, so that a later backward sees the saved gradient unchanged.
 * While ``torch.compile`` / ``torch.export`` trace (also with ``fullgraph=True``), under
-  functorch transforms (``torch.vmap``), under ``torch.jit.trace`` and for tensor subclasses,
-  the call goes through the torch custom operators ``fastctc::ctc_loss`` (loss only, used when
-  no gradient is needed) and ``fastctc::ctc_loss_and_grad`` (loss and gradient, with a
-  registered autograd formula), each with a fake implementation, so tracing sees one opaque
-  operator and no graph break. The Python layers of ``torch.library`` these operators go
-  through cost about 90 µs more per forward and backward than the eager route, which is why
-  eager mode avoids them.
+  ``torch.jit.trace`` and for tensor subclasses, the call goes through the torch custom
+  operators ``fastctc::ctc_loss`` (loss only, used when no gradient is needed) and
+  ``fastctc::ctc_loss_and_grad`` (loss and gradient, with a registered autograd formula),
+  each with a fake implementation, so tracing sees one opaque operator and no graph break.
+  Under ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``, ``vmap``), where torch does
+  not run a registered autograd formula, the same operators are wrapped in an
+  :class:`torch.autograd.Function` written for transforms (``setup_context``, a generated
+  vmap rule); torch has no batching rule for them and loops over a vmapped batch. The
+  Python layers of ``torch.library`` these operators go through cost about 90 µs more per
+  forward and backward than the eager route, which is why eager mode avoids them.
 
 Under ``torch.autocast`` both routes run in float32 and return float32, as torch's ``ctc_loss``
 does.
@@ -125,11 +128,22 @@ def _per_sample(log_probs: Tensor, reduction: str) -> bool:
 
 
 class _OnceDifferentiable(torch.autograd.Function):
-    """Passes the first-order gradient through; differentiating it again raises."""
+    """Passes the first-order gradient through; differentiating it again raises.
+
+    ``forward(grad, *anchors)``: the anchors (``log_probs``, under function transforms) only
+    connect the result to the graph, so that a second differentiation reaches this backward.
+    Written with ``setup_context`` so that it also works under ``torch.func`` transforms.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, grad: Tensor) -> Tensor:
+    def forward(grad: Tensor, *anchors: Tensor) -> Tensor:
         return grad.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, _):
@@ -347,6 +361,78 @@ def _backward(ctx, grad_loss: Tensor, _grad_of_grad: Tensor):
 
 _ctc_loss_and_grad_op.register_autograd(_backward, setup_context=_setup_context)
 
+
+class _CTCTransformFunction(torch.autograd.Function):
+    """The route under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ...) when a
+    gradient may be needed.
+
+    The autograd formula registered on ``fastctc::ctc_loss_and_grad`` serves autograd and
+    AOTAutograd, but torch does not run it under function transforms ("must override the
+    setup_context staticmethod"). This Function wraps the same operator with the same
+    formula, written as transforms require: ``forward`` without ``ctx``, ``setup_context``,
+    and a generated vmap rule (the operator has no batching rule: torch loops over the
+    batch). Returns ``(loss, grad)``; ``grad`` is not differentiable.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device
+    ):
+        return _ctc_loss_and_grad_op(
+            log_probs,
+            targets,
+            input_lengths,
+            target_lengths,
+            blank,
+            reduction,
+            zero_infinity,
+            device,
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        log_probs, reduction = inputs[0], inputs[5]
+        grad = output[1]
+        ctx.mark_non_differentiable(grad)
+        # log_probs anchors a create_graph=True result to the graph (see _OnceDifferentiable).
+        ctx.save_for_backward(grad, log_probs)
+        ctx.per_sample = _per_sample(log_probs, reduction)
+        ctx.dtype = log_probs.dtype
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_of_grad: Tensor):
+        grad, log_probs = ctx.saved_tensors
+        result = _scaled(grad, grad_loss, ctx.per_sample).to(ctx.dtype)
+        if torch.is_grad_enabled():
+            # torch.func.grad and vjp always build the graph of the backward: the result
+            # hangs off log_probs, so that only differentiating it again raises.
+            result = _OnceDifferentiable.apply(result, log_probs)
+        return result, None, None, None, None, None, None, None
+
+
+def _may_need_grad(tensor: Tensor) -> bool:
+    """Whether a gradient may flow back to ``tensor`` under function transforms.
+
+    A tensor vmapped by ``torch.vmap`` reports ``requires_grad=False`` even when the tensor
+    it wraps requires grad, so the wrappers are looked through; where torch lacks the
+    queries, the answer is the cautious True (the gradient is then computed unused).
+    """
+    if not torch.is_grad_enabled():
+        return False
+    functorch = torch._C._functorch
+    is_wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    unwrap = getattr(functorch, "get_unwrapped", None)
+    while not tensor.requires_grad:
+        if is_wrapped is None or unwrap is None:
+            return True
+        if not is_wrapped(tensor):
+            return False
+        tensor = unwrap(tensor)
+    return True
+
+
 # Under torch.autocast, torch's ctc_loss runs in float32 and returns float32; so do these.
 for _op in (_ctc_loss_op, _ctc_loss_and_grad_op):
     for _device_type in _AUTOCAST_DEVICES:
@@ -398,6 +484,10 @@ def _traced_ctc_loss(
         bool(zero_infinity),
         device,
     )
+    if _functorch_active():
+        if _may_need_grad(log_probs):
+            return _CTCTransformFunction.apply(*args)[0]
+        return _ctc_loss_op(*args)
     if torch.is_grad_enabled() and log_probs.requires_grad:
         return _ctc_loss_and_grad_op(*args)[0]
     return _ctc_loss_op(*args)
@@ -442,8 +532,10 @@ def ctc_loss(
         ``loss_n / max(target_length_n, 1)``.
     zero_infinity : bool, default False
         Replace infinite losses (impossible alignments) and their gradients by 0.
-    device : {"cpu"}, keyword-only, default "cpu"
-        The fastctc backend that computes the loss (not the device of the tensors).
+    device : {"cpu", "gpu"}, keyword-only, default "cpu"
+        The fastctc backend that computes the loss (see :func:`fastctc.ctc_loss`), whatever
+        the device of the tensors: ``"gpu"`` runs fastctc's wgpu shaders on tensors copied
+        through the host, and the result returns to the tensors' device.
 
     Returns
     -------
@@ -521,8 +613,8 @@ class CTCLoss(torch.nn.CTCLoss):
         As in :func:`ctc_loss`.
     zero_infinity : bool, default False
         Replace infinite losses (impossible alignments) and their gradients by 0.
-    device : {"cpu"}, keyword-only, default "cpu"
-        The fastctc backend.
+    device : {"cpu", "gpu"}, keyword-only, default "cpu"
+        The fastctc backend, as in :func:`ctc_loss`.
 
     Examples
     --------

@@ -2,7 +2,7 @@
 //! Metal, DX12 or OpenGL ES 3.1 device.
 //!
 //! Same validated [`Problem`] in, same [`CtcOutput`] out as [`crate::cpu::compute`]. The
-//! design (DESIGN.md §3):
+//! design (`docs/design.md#gpu`):
 //!
 //! - The instance, adapter, device and pipelines are created once, on the first call
 //!   (`context.rs`), and reused; so are the buffers while they are large enough (`run.rs`).
@@ -13,20 +13,28 @@
 //! - Numerics: the recursion runs in the input's type (float32, or float64 on adapters with
 //!   `SHADER_F64`), with each alpha row normalised by its maximum and the maxima summed on the
 //!   host in float64; the occupancy of a frame is a softmax over states, independent of every
-//!   normaliser; `ln(1 + x)` is computed without cancellation. Unlike the CPU backend, which
-//!   runs the float32 recursion in float64, a float32 recursion rounds every frame: losses
-//!   agree with float64 to ~1e-7 relative, gradients to ~1e-5 for T up to ~500 and ~3e-4 at
-//!   T = 5000 (peaked inputs), the floor of any float32 log-space recursion.
+//!   normaliser; `ln(1 + x)` is computed without cancellation. A float32 log-space recursion
+//!   rounds every frame: losses agree with float64 to ~1e-7 relative, gradients to ~1e-5 for
+//!   T up to ~500 and ~3e-4 at T = 5000 (peaked inputs). The CPU backend also runs float32
+//!   input in float32, but in extended range (a float32 mantissa and an int32 exponent per
+//!   state, `cpu/scaled.rs`), whose rounding is relative to each state (~3e-7 at T = 5000;
+//!   `docs/design.md#cpu-numerics`).
 //! - Deterministic: no atomics; each workgroup writes only its own sample's gradient rows, and
 //!   every reduction has a fixed order.
 //! - Batches larger than one storage binding (128 MiB on lavapipe) are split into chunks
 //!   (`plan.rs`); a sample whose alpha table alone is too large keeps every k-th row and
 //!   recomputes the rest.
+//! - The time loop is split into spans of frames, one dispatch each, so that no invocation
+//!   runs more loop iterations than llvmpipe allows (it silently ends a shader's loops after
+//!   65535 iterations together); a cut detected anyway reruns the chunk with shorter spans
+//!   (`run.rs`, `docs/design.md#gpu-spans`).
 //!
 //! Environment: `WGPU_BACKEND` (`vulkan`, `metal`, `dx12`, `gl`) restricts the backends,
 //! `WGPU_ADAPTER_NAME` picks an adapter by part of its name, `WGPU_POWER_PREF=low` prefers an
-//! integrated GPU. `FASTCTC_GPU_WORKGROUP_SIZE` (32, 64, 128, 256) and
-//! `FASTCTC_GPU_CHUNK_BYTES` (the largest buffer a chunk may use) are tuning knobs.
+//! integrated GPU. Tuning and testing knobs: `FASTCTC_GPU_WORKGROUP_SIZE` (32, 64, 128, 256),
+//! `FASTCTC_GPU_CHUNK_BYTES` (the largest buffer a chunk may use) and
+//! `FASTCTC_GPU_SPAN_FRAMES` (frames per dispatch span, in place of the estimate; a cut
+//! detected still halves it).
 
 mod cache;
 mod context;
