@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 use ndarray::ArrayViewMut2;
 
 use super::fastmath::FastMath;
-use super::lattice::{self, GradSpec, SampleRef, Workspace};
+use super::lattice::{self, Workspace};
 use super::lockstep::{self, GroupWorkspace};
+use super::sample::{GradSpec, SampleRef};
 
 /// The instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
