@@ -9,8 +9,7 @@
 //! set and the input kind meet, and because the group kernel (`lockstep.rs`, whose own
 //! gathers are in `group_reads.rs`) and the aligner (`viterbi.rs`) use parts of them too.
 
-#[cfg(target_arch = "x86_64")]
-use super::dispatch::{level, SimdLevel};
+use super::dispatch::{supports, SimdLevel};
 use super::fastmath::{is_f32, FastMath};
 use super::primitives::SUM_LANES;
 use super::sample::SampleRef;
@@ -31,16 +30,18 @@ pub(super) enum FrameReads {
     Avx2,
 }
 
-pub(super) fn frame_reads<F: FastMath>(x: &SampleRef<'_, F>) -> FrameReads {
+/// How `x`'s frames are read at `level` (the dispatcher's; a level the CPU lacks reads
+/// portably).
+pub(super) fn frame_reads<F: FastMath>(x: &SampleRef<'_, F>, level: SimdLevel) -> FrameReads {
     #[cfg(target_arch = "x86_64")]
-    if is_f32::<F>() && !x.logits {
-        match level() {
+    if is_f32::<F>() && !x.logits && supports(level) {
+        match level {
             SimdLevel::Avx512 => return FrameReads::Avx512,
             SimdLevel::Avx2 => return FrameReads::Avx2,
             SimdLevel::Baseline => {}
         }
     }
-    let _ = x;
+    let _ = (x, level);
     FrameReads::Portable
 }
 

@@ -9,8 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
-#[cfg(target_arch = "x86_64")]
-use super::dispatch::{level, SimdLevel};
+use super::dispatch::{supports, SimdLevel};
 use super::fastmath::{is_f32, FastMath};
 use super::frame_reads::{
     fill_distinct_classes, fill_prefetch_lines, log_sum_exp, prefetch_lines, LINE,
@@ -74,10 +73,17 @@ impl<F: FastMath> GroupReads<F> {
     }
 
     /// Sizes the buffers for a group of `t_max` frames and `width` slots
-    /// (`[blank, label_0, ...]`) per lane, and fills the read offsets.
-    pub(super) fn prepare(&mut self, xs: &[SampleRef<'_, F>], width: usize, t_max: usize) {
+    /// (`[blank, label_0, ...]`) per lane, and fills the read offsets of the lanes `k` with
+    /// `live(k)` (the others, left to the per-sample kernel, may have longer targets).
+    pub(super) fn prepare(
+        &mut self,
+        xs: &[SampleRef<'_, F>],
+        live: impl Fn(usize) -> bool,
+        width: usize,
+        t_max: usize,
+    ) {
         reset(&mut self.raw, width * LANES, F::ZERO);
-        fill_offsets(xs, width, &mut self.offsets, &mut self.present);
+        fill_offsets(xs, live, width, &mut self.offsets, &mut self.present);
         ensure_len(&mut self.log_norm, t_max * LANES, 0.0);
     }
 
@@ -101,6 +107,7 @@ impl<F: FastMath> GroupReads<F> {
         width: usize,
         reading: &[bool; LANES],
         values: &mut [X::M],
+        level: SimdLevel,
     ) -> ([f64; LANES], [f64; LANES]) {
         let mut norm = [0.0f64; LANES];
         // Row t of each lane (frames up to the group's longest input exist in every lane's
@@ -122,7 +129,7 @@ impl<F: FastMath> GroupReads<F> {
         let values = &mut values[..width * LANES];
         let raw = &mut self.raw[..width * LANES];
         if xs.iter().any(|x| x.logits) {
-            gather(&rows, offsets, raw);
+            gather(&rows, offsets, raw, level);
             let slots = values
                 .chunks_exact_mut(LANES)
                 .zip(raw.chunks_exact(LANES))
@@ -142,7 +149,7 @@ impl<F: FastMath> GroupReads<F> {
                 }
             }
         } else if let Some((poison_f, span_f)) =
-            read_log_probs_fused::<F, X>(&rows, offsets, present, reading, values)
+            read_log_probs_fused::<F, X>(&rows, offsets, present, reading, values, level)
         {
             for k in 0..LANES {
                 poison[k] = f64::from(poison_f[k]);
@@ -151,7 +158,7 @@ impl<F: FastMath> GroupReads<F> {
         } else {
             // Log-probabilities are used as read: the same checks in the input type, which
             // for float32 input is the mantissa type, so this is one vector per slot.
-            gather(&rows, offsets, raw);
+            gather(&rows, offsets, raw, level);
             let slots = values
                 .chunks_exact_mut(LANES)
                 .zip(raw.chunks_exact(LANES))
@@ -184,17 +191,19 @@ impl<F: FastMath> GroupReads<F> {
 
 /// Per lane and slot of `[blank, label_0, ...]`: the element offset of its class in a row
 /// of the lane's input, and whether the slot exists (a lane of the group with that many
-/// labels). Missing slots read the lane's blank, and lanes past the group's samples read
-/// lane 0's, so that the gather needs no branches.
+/// labels). Missing slots read the lane's blank, lanes not `live` read class 0 (and use
+/// nothing they read), and lanes past the group's samples read lane 0's, so that the gather
+/// needs no branches.
 fn fill_offsets<F>(
     xs: &[SampleRef<'_, F>],
+    live: impl Fn(usize) -> bool,
     width: usize,
     offsets: &mut Vec<isize>,
     present: &mut Vec<bool>,
 ) {
     reset(offsets, width * LANES, 0);
     reset(present, width * LANES, false);
-    for (k, x) in xs.iter().enumerate() {
+    for (k, x) in xs.iter().enumerate().filter(|&(k, _)| live(k)) {
         let stride = x.log_probs.strides()[1];
         // Validation guarantees it; `gather` relies on it.
         assert!(x.blank < x.log_probs.ncols());
@@ -222,11 +231,16 @@ fn fill_offsets<F>(
 /// input array and every offset a class of that row times its stride (`fill_offsets`
 /// checks), so that each element read lies inside the array.
 #[inline(always)]
-fn gather<F: FastMath>(rows: &[*const F; LANES], offsets: &[isize], raw: &mut [F]) {
+fn gather<F: FastMath>(
+    rows: &[*const F; LANES],
+    offsets: &[isize],
+    raw: &mut [F],
+    level: SimdLevel,
+) {
     #[cfg(target_arch = "x86_64")]
-    if is_f32::<F>() && level() == SimdLevel::Avx512 {
+    if is_f32::<F>() && level == SimdLevel::Avx512 && supports(level) {
         // SAFETY: F is f32 (`is_f32`), so the casts are identities; the CPU has AVX-512 F
-        // (`level`); the addresses are those the scalar loop reads.
+        // (`supports`); the addresses are those the scalar loop reads.
         unsafe {
             avx512::gather_lanes_f32(
                 &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
@@ -242,6 +256,7 @@ fn gather<F: FastMath>(rows: &[*const F; LANES], offsets: &[isize], raw: &mut [F
             raw_row[k] = unsafe { *rows[k].offset(offset_row[k]) };
         }
     }
+    let _ = level;
 }
 
 /// The log-probability branch of `GroupReads::read` for float32 input on AVX-512, in one pass:
@@ -256,12 +271,17 @@ fn read_log_probs_fused<F: FastMath, X: Extended>(
     present: &[bool],
     reading: &[bool; LANES],
     values: &mut [X::M],
+    level: SimdLevel,
 ) -> Option<([f32; LANES], [f32; LANES])> {
     #[cfg(target_arch = "x86_64")]
-    if is_f32::<F>() && std::mem::size_of::<X::M>() == 4 && level() == SimdLevel::Avx512 {
+    if is_f32::<F>()
+        && std::mem::size_of::<X::M>() == 4
+        && level == SimdLevel::Avx512
+        && supports(level)
+    {
         // SAFETY: F is f32 (`is_f32`) and the only 4-byte mantissa type of the (private)
-        // `Extended` types is f32, so the casts are identities; the CPU has AVX-512 F (`level`); rows and
-        // offsets meet `gather`'s contract (the caller's).
+        // `Extended` types is f32, so the casts are identities; the CPU has AVX-512 F
+        // (`supports`); rows and offsets meet `gather`'s contract (the caller's).
         return Some(unsafe {
             avx512::read_lanes_f32(
                 &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
@@ -272,6 +292,6 @@ fn read_log_probs_fused<F: FastMath, X: Extended>(
             )
         });
     }
-    let _ = (rows, offsets, present, reading, values);
+    let _ = (rows, offsets, present, reading, values, level);
     None
 }

@@ -18,6 +18,7 @@
 
 use ndarray::{ArrayViewMut1, ArrayViewMut2};
 
+use super::dispatch::SimdLevel;
 use super::fastmath::FastMath;
 use super::frame_reads::{
     fill_distinct_classes, fill_log_norm, fill_prefetch_lines, fill_slot_offsets, frame_reads,
@@ -163,6 +164,7 @@ fn forward_in<F: FastMath, X: Extended>(
     ws: &mut Workspace<F>,
     lanes: &mut Lanes<X>,
     keep_table: bool,
+    level: SimdLevel,
 ) -> Outcome {
     let t_len = x.input_len;
     let labels = x.labels;
@@ -193,7 +195,7 @@ fn forward_in<F: FastMath, X: Extended>(
     fill_log_norm(x, &mut ws.log_norm);
     fill_distinct_classes(x, &mut ws.distinct_classes);
     fill_prefetch_lines(x, &ws.distinct_classes, &mut ws.prefetch_lines);
-    let reads = frame_reads(x);
+    let reads = frame_reads(x, level);
     fill_slot_offsets(x, reads, &mut ws.slot_offsets);
     let has_budget = X::INPUT_BUDGET.is_finite();
     let mut budget_used = 0.0f64;
@@ -273,17 +275,17 @@ fn forward_in<F: FastMath, X: Extended>(
 
 /// The log-likelihood of one sample (two rows of memory per lane type).
 #[inline(always)]
-pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
+pub fn forward<F: FastMath>(level: SimdLevel, x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let outcome = forward_in(x, ws, &mut lanes, false);
+        let outcome = forward_in(x, ws, &mut lanes, false, level);
         ws.narrow = lanes;
         if let Outcome::Done(log_lik) = outcome {
             return log_lik;
         }
     }
     let mut lanes = std::mem::take(&mut ws.wide);
-    let outcome = forward_in(x, ws, &mut lanes, false);
+    let outcome = forward_in(x, ws, &mut lanes, false, level);
     ws.wide = lanes;
     match outcome {
         Outcome::Done(log_lik) => log_lik,
@@ -296,6 +298,7 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 
 /// untouched.
 #[inline(always)]
 pub fn forward_backward<F: FastMath>(
+    level: SimdLevel,
     x: &SampleRef<'_, F>,
     ws: &mut Workspace<F>,
     mut grad: ArrayViewMut2<'_, F>,
@@ -303,14 +306,14 @@ pub fn forward_backward<F: FastMath>(
 ) -> f64 {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let outcome = forward_backward_in(x, ws, &mut lanes, grad.view_mut(), spec);
+        let outcome = forward_backward_in(x, ws, &mut lanes, grad.view_mut(), spec, level);
         ws.narrow = lanes;
         if let Outcome::Done(log_lik) = outcome {
             return log_lik;
         }
     }
     let mut lanes = std::mem::take(&mut ws.wide);
-    let outcome = forward_backward_in(x, ws, &mut lanes, grad, spec);
+    let outcome = forward_backward_in(x, ws, &mut lanes, grad, spec, level);
     ws.wide = lanes;
     match outcome {
         Outcome::Done(log_lik) => log_lik,
@@ -326,8 +329,9 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     lanes: &mut Lanes<X>,
     mut grad: ArrayViewMut2<'_, F>,
     spec: GradSpec<F>,
+    level: SimdLevel,
 ) -> Outcome {
-    let log_lik = match forward_in(x, ws, lanes, true) {
+    let log_lik = match forward_in(x, ws, lanes, true, level) {
         Outcome::Done(log_lik) => log_lik,
         Outcome::TooWide => return Outcome::TooWide,
     };
@@ -512,7 +516,7 @@ mod tests {
             blank: 0,
             logits: false,
         };
-        forward(&x, &mut Workspace::new())
+        forward(SimdLevel::Baseline, &x, &mut Workspace::new())
     }
 
     #[test]
@@ -565,7 +569,13 @@ mod tests {
                 zero_infinity: false,
                 clear_rows,
             };
-            let ll = forward_backward(&x, &mut Workspace::new(), grad.view_mut(), spec);
+            let ll = forward_backward(
+                SimdLevel::Baseline,
+                &x,
+                &mut Workspace::new(),
+                grad.view_mut(),
+                spec,
+            );
             assert!(ll.is_finite());
             for row in grad.rows() {
                 assert!((row.sum() + 1.0).abs() < 1e-12);

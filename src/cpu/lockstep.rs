@@ -18,6 +18,7 @@
 
 use ndarray::ArrayViewMut2;
 
+use super::dispatch::SimdLevel;
 use super::fastmath::FastMath;
 use super::group_reads::GroupReads;
 use super::primitives::{
@@ -126,22 +127,24 @@ pub fn table_bytes<F>(xs: &[SampleRef<'_, F>]) -> usize {
 /// kernel.
 #[inline(always)]
 pub fn forward<F: FastMath>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
 ) -> Vec<Option<f64>> {
-    run_in_lanes(xs, ws, None)
+    run_in_lanes(level, xs, ws, None)
 }
 
 /// Log-likelihoods and gradient rows of up to `LANES` samples; `None` for a lane left to the
 /// per-sample kernel, whose rows are then untouched.
 #[inline(always)]
 pub fn forward_backward<F: FastMath>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
     grads: &mut [ArrayViewMut2<'_, F>],
     specs: &[GradSpec<F>],
 ) -> Vec<Option<f64>> {
-    run_in_lanes(xs, ws, Some((grads, specs)))
+    run_in_lanes(level, xs, ws, Some((grads, specs)))
 }
 
 type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<F>])>;
@@ -150,18 +153,19 @@ type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<
 /// the group), `Wide` for float64.
 #[inline(always)]
 fn run_in_lanes<F: FastMath>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
     grad: GradOut<'_, '_, F>,
 ) -> Vec<Option<f64>> {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let out = run::<F, Narrow>(xs, ws, &mut lanes, grad);
+        let out = run::<F, Narrow>(level, xs, ws, &mut lanes, grad);
         ws.narrow = lanes;
         out
     } else {
         let mut lanes = std::mem::take(&mut ws.wide);
-        let out = run::<F, Wide>(xs, ws, &mut lanes, grad);
+        let out = run::<F, Wide>(level, xs, ws, &mut lanes, grad);
         ws.wide = lanes;
         out
     }
@@ -169,6 +173,7 @@ fn run_in_lanes<F: FastMath>(
 
 #[inline(always)]
 fn run<F: FastMath, X: Extended>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
     lanes: &mut GroupLanes<X>,
@@ -195,7 +200,15 @@ fn run<F: FastMath, X: Extended>(
         let labels = max_labels(xs, &state);
         let keep_table = grad.is_some();
         ws.reads.prepare_prefetch(xs);
-        forward_pass::<F, X>(xs, ws, lanes, &mut state, t_max, labels, keep_table);
+        forward_pass::<F, X>(
+            xs,
+            ws,
+            lanes,
+            &mut state,
+            t_max,
+            labels,
+            (level, keep_table),
+        );
         for s in state.iter_mut() {
             // A zero likelihood (every path through a -inf emission) has the per-sample
             // kernel's NaN / zero_infinity rules for its gradient.
@@ -231,11 +244,17 @@ fn max_labels<F>(xs: &[SampleRef<'_, F>], state: &[LaneState]) -> usize {
         .unwrap_or(0)
 }
 
-/// Fills the skip mask of every lane: state `2j + 1` may be entered from `2j - 1` when
-/// label `j` differs from label `j - 1`.
-fn fill_skip<F, X: Extended>(xs: &[SampleRef<'_, F>], states: usize, skip: &mut Rows<X>) {
+/// Fills the skip mask of every live lane: state `2j + 1` may be entered from `2j - 1` when
+/// label `j` differs from label `j - 1`. (A lane left to the per-sample kernel from the
+/// start may have more states than the group.)
+fn fill_skip<F, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    state: &[LaneState],
+    states: usize,
+    skip: &mut Rows<X>,
+) {
     skip.reset((states + PAD) * LANES);
-    for (k, x) in xs.iter().enumerate() {
+    for (k, x) in xs.iter().enumerate().filter(|&(k, _)| state[k].live) {
         for j in 1..x.labels.len() {
             if x.labels[j] != x.labels[j - 1] {
                 skip.m[(2 * j + 1) * LANES + k] = X::M_ONE;
@@ -255,14 +274,14 @@ fn read_frame<F: FastMath, X: Extended>(
     lanes: &mut GroupLanes<X>,
     state: &mut [LaneState],
     t: usize,
-    width: usize,
+    (width, level): (usize, SimdLevel),
 ) {
     let mut reading = [false; LANES];
     for (k, (x, lane)) in xs.iter().zip(state.iter()).enumerate() {
         reading[k] = lane.live && t < x.input_len;
     }
     let values = &mut lanes.values[..width * LANES];
-    let (poison, span) = ws.reads.read::<X>(xs, t, width, &reading, values);
+    let (poison, span) = ws.reads.read::<X>(xs, t, width, &reading, values, level);
     for (k, lane) in state.iter_mut().enumerate() {
         if !reading[k] {
             continue;
@@ -308,16 +327,16 @@ fn forward_pass<F: FastMath, X: Extended>(
     state: &mut [LaneState],
     t_max: usize,
     labels: usize,
-    keep_table: bool,
+    (level, keep_table): (SimdLevel, bool),
 ) {
     let width = labels + 1;
     let states = 2 * labels + 1;
     let row_len = (states + PAD) * LANES;
     lanes.alpha.reset(2 * row_len);
     lanes.emit.reset(states * LANES);
-    fill_skip(xs, states, &mut lanes.skip);
+    fill_skip(xs, state, states, &mut lanes.skip);
     reset(&mut lanes.values, width * LANES, X::M_ZERO);
-    ws.reads.prepare(xs, width, t_max);
+    ws.reads.prepare(xs, |k| state[k].live, width, t_max);
     let frames = if keep_table { t_max } else { 1 };
     ensure_len(&mut lanes.emissions.m, frames * width * LANES, X::M_ZERO);
     ensure_len(&mut lanes.emissions.e, frames * width * LANES, X::E_NONE);
@@ -332,7 +351,7 @@ fn forward_pass<F: FastMath, X: Extended>(
         if t + 1 < t_max {
             ws.reads.prefetch(xs, |k| state[k].live, t + 1);
         }
-        read_frame::<F, X>(xs, ws, lanes, state, t, width);
+        read_frame::<F, X>(xs, ws, lanes, state, t, (width, level));
         let slot = if keep_table { t } else { 0 } * width * LANES;
         let em_m = &mut lanes.emissions.m[slot..slot + width * LANES];
         let em_e = &mut lanes.emissions.e[slot..slot + width * LANES];

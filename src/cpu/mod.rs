@@ -13,6 +13,8 @@ mod lockstep;
 mod primitives;
 mod sample;
 mod scaled;
+#[cfg(test)]
+mod tests;
 mod viterbi;
 
 use std::cell::RefCell;
