@@ -53,7 +53,7 @@ unsafe fn check(v: __m512, mask: u16, poison: &mut __m512, span: &mut __m512) {
     *span = _mm512_max_ps(*span, _mm512_castsi512_ps(abs));
 }
 
-/// One frame of `LANES` samples side by side (see `lockstep::gather`):
+/// One frame of `LANES` samples side by side (see `group_reads::gather`):
 /// `values[j * LANES + k]` is `rows[k][offsets[j * LANES + k]]` where slot `j` of lane `k`
 /// is `present` and lane `k` is `reading`, else `-inf`. Returns each lane's `poison` (0, or
 /// NaN after a NaN or `+inf` read) and `span` (largest magnitude other than `-inf`).
@@ -97,7 +97,7 @@ pub(super) unsafe fn read_lanes_f32(
     (poison_out, span_out)
 }
 
-/// `lockstep::gather` for float32: `raw[j * LANES + k] = rows[k][offsets[j * LANES + k]]`.
+/// `group_reads::gather` for float32: `raw[j * LANES + k] = rows[k][offsets[j * LANES + k]]`.
 ///
 /// # Safety
 /// As `read_lanes_f32`.
@@ -156,7 +156,7 @@ unsafe fn row_distances(rows: &[*const f32; LANES]) -> (__m512i, __m512i) {
 
 /// One sample's frame: `out[j] = row[offsets[j]]` (the blank and each label), checked.
 /// Returns whether no value is NaN or `+inf`, and the largest magnitude of a value other
-/// than `-inf` (what `lattice::frame_span` computes for log-probabilities).
+/// than `-inf` (what `frame_reads::frame_span` computes for log-probabilities).
 ///
 /// # Safety
 /// AVX-512 F; `offsets` as long as `out`, each a class of the float32 row `row` times its

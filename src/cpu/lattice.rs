@@ -12,71 +12,25 @@
 //! exponent budget, else `Wide` (float64). The loops run over contiguous, equally long
 //! slices with no branches, so LLVM vectorises them (see `dispatch.rs` for the instruction
 //! sets). The occupancy of a frame is `alpha[t][s] * beta[t][s]` normalised over the frame.
+//!
+//! This file is the per-sample recursion only: the building blocks it shares with the group
+//! kernel are in `primitives.rs`, the reading of the input in `frame_reads.rs`.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayViewMut1, ArrayViewMut2};
 
-#[cfg(target_arch = "x86_64")]
-use super::dispatch::{level, SimdLevel};
-use super::fastmath::{is_f32, FastMath};
-use super::scaled::{add2, ln, Extended, Narrow, Wide};
-#[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
+use super::dispatch::SimdLevel;
+use super::fastmath::FastMath;
+use super::frame_reads::{
+    fill_distinct_classes, fill_log_norm, fill_prefetch_lines, fill_slot_offsets, frame_reads,
+    prefetch_frame, prefetch_lines_for_write, read_checked, LINE,
+};
+use super::primitives::{
+    band, combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, sum_of,
+    sum_of_even, times, two_rows, Rows, NORMALISE_EVERY, PAD,
+};
+use super::sample::{min_frames, GradSpec, SampleRef};
+use super::scaled::{Extended, Narrow, Wide};
 use crate::options::GradWrt;
-
-/// Leading (forward) or trailing (backward) zero pads, so `s - 2` and `s + 2` need no checks.
-const PAD: usize = 2;
-
-/// One sample, as the kernels see it.
-pub struct SampleRef<'p, F> {
-    /// `(T, C)` log-probabilities of this sample, any strides.
-    pub log_probs: ArrayView2<'p, F>,
-    /// Frames used: `0..input_len`.
-    pub input_len: usize,
-    /// Target labels, each in `[0, C)` and not the blank (validated).
-    pub labels: &'p [u32],
-    /// Blank class, in `[0, C)`.
-    pub blank: usize,
-    /// The input holds logits: each frame is shifted by its log-sum-exp over classes (a fused
-    /// `log_softmax`), and the logits gradient is taken with respect to this input.
-    pub logits: bool,
-}
-
-/// How a gradient row is written.
-#[derive(Debug, Clone, Copy)]
-pub struct GradSpec<F> {
-    pub wrt: GradWrt,
-    /// The reduction's factor for this sample.
-    pub scale: F,
-    pub zero_infinity: bool,
-    /// The rows hold stale values (a recycled buffer, see `crate::buffers`): every row
-    /// written is written whole. Otherwise rows are zero on entry and only the target's
-    /// classes are stored.
-    pub clear_rows: bool,
-}
-
-/// Mantissas and exponents side by side, in one lane type.
-#[derive(Debug)]
-pub(super) struct Rows<X: Extended> {
-    pub(super) m: Vec<X::M>,
-    pub(super) e: Vec<X::E>,
-}
-
-impl<X: Extended> Default for Rows<X> {
-    fn default() -> Self {
-        Self {
-            m: Vec::new(),
-            e: Vec::new(),
-        }
-    }
-}
-
-impl<X: Extended> Rows<X> {
-    /// `len` zeros (`m = 0, e = E_NONE`).
-    pub(super) fn reset(&mut self, len: usize) {
-        reset(&mut self.m, len, X::M_ZERO);
-        reset(&mut self.e, len, X::E_NONE);
-    }
-}
 
 /// The buffers of the recursion in one lane type (see `scaled::Extended`).
 #[derive(Debug, Default)]
@@ -133,297 +87,8 @@ impl<F: FastMath> Workspace<F> {
     }
 }
 
-pub(super) fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
-    buffer.clear();
-    buffer.resize(len, value);
-}
-
-/// Makes `buffer` at least `len` long, keeping (not clearing) what it holds.
-pub(super) fn ensure_len<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
-    if buffer.len() < len {
-        buffer.resize(len, value);
-    }
-}
-
-/// States that are both reachable from the start at frame `t` and can still reach the end.
-#[inline(always)]
-fn band(t: usize, input_len: usize, states: usize) -> (usize, usize) {
-    let lo = states.saturating_sub(2 * (input_len - t));
-    let hi = (2 * t + 1).min(states - 1);
-    (lo, hi)
-}
-
-/// The number of frames a target needs: one per label plus one blank between equal neighbours.
-pub(super) fn min_frames(labels: &[u32]) -> usize {
-    labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
-}
-
-/// Accumulators of the vectorised sums (16 float32 or 8 float64 lanes per AVX-512 vector).
-const SUM_LANES: usize = 16;
-
-/// The sum of `values`, in `SUM_LANES` interleaved partial sums (so that it vectorises).
-#[inline(always)]
-fn sum_of<T: Copy + Default + std::ops::Add<Output = T>>(values: &[T]) -> T {
-    let mut acc = [T::default(); SUM_LANES];
-    let chunks = values.chunks_exact(SUM_LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = *a + v;
-        }
-    }
-    let mut total = T::default();
-    for &v in acc.iter().chain(rest) {
-        total = total + v;
-    }
-    total
-}
-
-/// The sum of `values[0]`, `values[2]`, `values[4]`, ...
-#[inline(always)]
-fn sum_of_even<T: Copy + Default + std::ops::Add<Output = T>>(values: &[T]) -> T {
-    let mut acc = [T::default(); SUM_LANES];
-    let chunks = values.chunks_exact(2 * SUM_LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, pair) in acc.iter_mut().zip(chunk.chunks_exact(2)) {
-            *a = *a + pair[0];
-        }
-    }
-    let mut total = T::default();
-    for &v in acc.iter().chain(rest.iter().step_by(2)) {
-        total = total + v;
-    }
-    total
-}
-
-/// The largest `|value - norm|` of a frame read by `read_frame`, over its finite values: how
-/// much of `Extended::INPUT_BUDGET` the frame uses.
-#[inline(always)]
-fn frame_span<F: FastMath>(frame: &[F], norm: f64) -> f64 {
-    let mut acc = [0.0f64; SUM_LANES];
-    let chunks = frame.chunks_exact(SUM_LANES);
-    let rest = chunks.remainder();
-    let distance = |v: F| {
-        let x = (v.to_f64() - norm).abs();
-        // -inf (an exact zero) uses no budget; NaN was rejected by `read_frame`.
-        if x < f64::INFINITY {
-            x
-        } else {
-            0.0
-        }
-    };
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.fmax(distance(v));
-        }
-    }
-    acc.iter()
-        .copied()
-        .chain(rest.iter().map(|&v| distance(v)))
-        .fold(0.0, f64::fmax)
-}
-
-/// How a sample's frames are read (`read_checked`), chosen once per sample by
-/// `frame_reads`, which gives `Avx512` or `Avx2` only for float32 log-probabilities on a CPU
-/// with that instruction set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-enum FrameReads {
-    /// `read_frame`, then `frame_span`.
-    Portable,
-    /// `avx512::read_row_f32`.
-    Avx512,
-    /// `avx2::read_row_f32`.
-    Avx2,
-}
-
-fn frame_reads<F: FastMath>(x: &SampleRef<'_, F>) -> FrameReads {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32::<F>() && !x.logits {
-        match level() {
-            SimdLevel::Avx512 => return FrameReads::Avx512,
-            SimdLevel::Avx2 => return FrameReads::Avx2,
-            SimdLevel::Baseline => {}
-        }
-    }
-    let _ = x;
-    FrameReads::Portable
-}
-
-/// The element offsets of the blank and each label in a row of `x`'s input, for the
-/// gathering reads (left empty for `FrameReads::Portable`).
-fn fill_slot_offsets<F>(x: &SampleRef<'_, F>, reads: FrameReads, offsets: &mut Vec<i64>) {
-    offsets.clear();
-    if reads == FrameReads::Portable {
-        return;
-    }
-    let row_len = x.log_probs.ncols();
-    let stride = x.log_probs.strides()[1] as i64;
-    for class in std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize)) {
-        // Validation guarantees it; the gather relies on it.
-        assert!(class < row_len);
-        offsets.push(class as i64 * stride);
-    }
-}
-
-/// `read_frame` and then, with `need_span`, `frame_span`: whether the frame is free of NaN
-/// and `+inf`, and its span (else 0). The gathering reads do both in one pass (and always
-/// give the span): the scalar loads and the two checking passes were a quarter of the
-/// forward pass of a 29-class, 100-label sample.
-#[inline(always)]
-fn read_checked<F: FastMath>(
-    x: &SampleRef<'_, F>,
-    t: usize,
-    norm: f64,
-    reads: FrameReads,
-    slot_offsets: &[i64],
-    out: &mut [F],
-    need_span: bool,
-) -> (bool, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if reads != FrameReads::Portable && is_f32::<F>() {
-        let row = x.log_probs.row(t).as_ptr().cast::<f32>();
-        // SAFETY: F is f32 (`is_f32`: the casts are identities); `frame_reads` chose this
-        // instruction set because the CPU has it; every offset is a class below the row's
-        // length times the row's stride (`fill_slot_offsets` checks), so every element read
-        // lies inside the array the row views.
-        let (clean, span) = unsafe {
-            let out = &mut *(out as *mut [F] as *mut [f32]);
-            match reads {
-                FrameReads::Avx512 => avx512::read_row_f32(row, slot_offsets, out),
-                _ => avx2::read_row_f32(row, slot_offsets, out),
-            }
-        };
-        return (clean, f64::from(span));
-    }
-    let _ = (reads, slot_offsets);
-    let clean = read_frame(x, t, norm, out);
-    let span = if clean && need_span {
-        frame_span(out, norm)
-    } else {
-        0.0
-    };
-    (clean, span)
-}
-
-/// Reads frame `t`'s input for the blank and each label into `out` (`[blank, label_0, ...]`),
-/// one load per label. Returns false when a value (minus `norm`) is NaN or `+inf`: such an
-/// input makes the loss NaN.
-#[inline(always)]
-fn read_frame<F: FastMath>(x: &SampleRef<'_, F>, t: usize, norm: f64, out: &mut [F]) -> bool {
-    let row = x.log_probs.row(t);
-    let base = row.as_ptr();
-    let stride = row.strides()[0];
-    let len = row.len();
-    let classes = std::iter::once(x.blank).chain(x.labels.iter().map(|&l| l as usize));
-    for (slot, class) in out.iter_mut().zip(classes) {
-        assert!(class < len);
-        // SAFETY: `class < len` (checked above; validation guarantees it, so the check is
-        // free in practice), and element `class` of a row of `len` elements with this
-        // stride lies inside the array `row` views.
-        *slot = unsafe { *base.offset(class as isize * stride) };
-    }
-    // Checked apart from the gather, in a loop that vectorises.
-    let mut finite_or_neg_inf = true;
-    for &v in out.iter() {
-        finite_or_neg_inf &= v.to_f64() - norm < f64::INFINITY;
-    }
-    finite_or_neg_inf
-}
-
 /// How many frames ahead the forward pass prefetches its input.
 const AHEAD: usize = 1;
-
-/// Cache line size assumed for prefetching.
-pub(super) const LINE: usize = 64;
-
-/// The blank and the target's labels, each once, in increasing order.
-pub(super) fn fill_distinct_classes<F>(x: &SampleRef<'_, F>, classes: &mut Vec<usize>) {
-    classes.clear();
-    classes.push(x.blank);
-    classes.extend(x.labels.iter().map(|&l| l as usize));
-    classes.sort_unstable();
-    classes.dedup();
-}
-
-/// The byte offsets (multiples of a cache line) of the lines holding `classes` (sorted) in a
-/// row of the input, each once; every line of the row when that is at least half of them
-/// (a vocabulary of 1000 and 80 labels: 46 of 63 lines; loading the whole row in order made
-/// the forward 14% faster at 1 thread, and no slower at 2); empty when the rows are not
-/// contiguous.
-pub(super) fn fill_prefetch_lines<F>(
-    x: &SampleRef<'_, F>,
-    classes: &[usize],
-    lines: &mut Vec<usize>,
-) {
-    lines.clear();
-    if x.log_probs.strides()[1] != 1 {
-        return;
-    }
-    lines.extend(
-        classes
-            .iter()
-            .map(|&c| c * std::mem::size_of::<F>() / LINE * LINE),
-    );
-    lines.dedup();
-    let row_lines = (x.log_probs.ncols() * std::mem::size_of::<F>()).div_ceil(LINE);
-    if 2 * lines.len() >= row_lines {
-        // Rows need not start on a line boundary: the offsets stay inside the row's span
-        // plus the line it ends in, and prefetching never faults anyway.
-        lines.clear();
-        lines.extend((0..row_lines).map(|k| k * LINE));
-    }
-}
-
-/// Asks the CPU to start loading the lines of frame `t`'s input row that hold the blank and
-/// the labels: they are read at scattered places of the row, which the hardware prefetcher
-/// cannot predict, and with a large vocabulary each read would otherwise wait for memory.
-/// Only those lines, unless they are most of the row (see `fill_prefetch_lines`).
-#[inline(always)]
-fn prefetch_frame<F>(x: &SampleRef<'_, F>, t: usize, lines: &[usize]) {
-    if !lines.is_empty() {
-        prefetch_lines(x.log_probs.row(t).as_ptr(), lines);
-    }
-}
-
-/// Asks the CPU to start loading the cache lines at byte offsets `lines` from `row`.
-#[inline(always)]
-pub(super) fn prefetch_lines<F>(row: *const F, lines: &[usize]) {
-    prefetch_with::<F, { PREFETCH_READ }>(row, lines);
-}
-
-/// Like `prefetch_lines`, for lines about to be written (taken in exclusive state).
-#[inline(always)]
-pub(super) fn prefetch_lines_for_write<F>(row: *const F, lines: &[usize]) {
-    prefetch_with::<F, { PREFETCH_WRITE }>(row, lines);
-}
-
-#[cfg(target_arch = "x86_64")]
-const PREFETCH_READ: i32 = std::arch::x86_64::_MM_HINT_T0;
-#[cfg(target_arch = "x86_64")]
-const PREFETCH_WRITE: i32 = std::arch::x86_64::_MM_HINT_ET0;
-#[cfg(not(target_arch = "x86_64"))]
-const PREFETCH_READ: i32 = 0;
-#[cfg(not(target_arch = "x86_64"))]
-const PREFETCH_WRITE: i32 = 1;
-
-#[inline(always)]
-fn prefetch_with<F, const HINT: i32>(row: *const F, lines: &[usize]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let base = row as *const i8;
-        for &offset in lines {
-            // SAFETY: prefetching has no architectural effect (it never faults), whatever
-            // the address; callers pass lines of the row anyway.
-            unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(base.wrapping_add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (row, lines);
-    }
-}
 
 /// Expands a frame read by `read_frame` to the emission probabilities of states `lo..=hi`
 /// (and perhaps a few more), shifted by `norm`.
@@ -459,40 +124,6 @@ fn expand<F: FastMath, X: Extended>(
     }
 }
 
-/// `ln(sum_c exp(row[c]))` in float64: what turns a row of logits into log-probabilities.
-/// `-inf` for a row of `-inf`, NaN when the row holds a NaN or `+inf`.
-#[inline(always)]
-pub fn log_sum_exp<F: FastMath>(row: ndarray::ArrayView1<'_, F>) -> f64 {
-    let mut m = f64::NEG_INFINITY;
-    let mut bad = false;
-    for &v in row.iter() {
-        let v = v.to_f64();
-        bad |= v.is_nan() || v == f64::INFINITY;
-        m = m.fmax(v);
-    }
-    if bad {
-        return f64::NAN;
-    }
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    let total: f64 = match row.as_slice() {
-        Some(values) => values.iter().map(|&v| F::lattice_exp(v.to_f64() - m)).sum(),
-        None => row.iter().map(|&v| F::lattice_exp(v.to_f64() - m)).sum(),
-    };
-    m + total.ln()
-}
-
-/// Fills `norm[t]` for the frames of a sample (see `Workspace::log_norm`).
-fn fill_log_norm<F: FastMath>(x: &SampleRef<'_, F>, norm: &mut Vec<f64>) {
-    norm.clear();
-    if x.logits {
-        norm.extend((0..x.input_len).map(|t| log_sum_exp(x.log_probs.row(t))));
-    } else {
-        norm.resize(x.input_len, 0.0);
-    }
-}
-
 /// Prepares the skip mask of a target.
 fn fill_skip<X: Extended>(labels: &[u32], skip: &mut Rows<X>) {
     let states = 2 * labels.len() + 1;
@@ -505,18 +136,6 @@ fn fill_skip<X: Extended>(labels: &[u32], skip: &mut Rows<X>) {
     }
 }
 
-/// Mutable row `a` and shared row `b` (`a != b`) of a row-major buffer.
-#[inline(always)]
-pub(super) fn two_rows<T>(buffer: &mut [T], a: usize, b: usize, width: usize) -> (&mut [T], &[T]) {
-    if a > b {
-        let (head, tail) = buffer.split_at_mut(a * width);
-        (&mut tail[..width], &head[b * width..(b + 1) * width])
-    } else {
-        let (head, tail) = buffer.split_at_mut(b * width);
-        (&mut head[a * width..(a + 1) * width], &tail[..width])
-    }
-}
-
 /// A class's share of the frame's occupancy: exactly 1 for a class holding the whole frame
 /// (`x * (1/x)` can miss 1).
 #[inline(always)]
@@ -525,97 +144,6 @@ fn share(class_total: f64, total: f64, inv_total: f64) -> f64 {
         1.0
     } else {
         class_total * inv_total
-    }
-}
-
-/// Frames between two normalisations of the running rows. In between, a mantissa grows by
-/// at most 4.3x per frame (a sum of three, times an emission mantissa below 1.42) and
-/// shrinks by at most 0.7x (the sum's largest term counts fully): after 8 frames it lies in
-/// `[0.05, 2e5]`, so a term cut below the lane type's range stays below rounding.
-pub(super) const NORMALISE_EVERY: usize = 8;
-
-/// `a + b + skip * c` in extended range; `skip` is the state's skip mask (factor, exponent
-/// offset): a forbidden skip neither adds nor wins the maximum.
-#[inline(always)]
-fn sum3<X: Extended>(
-    a: (X::M, X::E),
-    b: (X::M, X::E),
-    c: (X::M, X::E),
-    skip: (X::M, X::E),
-) -> (X::M, X::E) {
-    let c_e = X::e_add(c.1, skip.1);
-    let e = X::e_max(X::e_max(a.1, b.1), c_e);
-    let m = a.0 * X::pow2(X::e_sub(a.1, e))
-        + b.0 * X::pow2(X::e_sub(b.1, e))
-        + c.0 * skip.0 * X::pow2(X::e_sub(c_e, e));
-    (m, e)
-}
-
-/// `m * 2^e` times an emission `(em, ee)`, the exponent of a zero kept at or above `E_NONE`
-/// (so that repeated zero emissions cannot wrap an integer exponent).
-#[inline(always)]
-pub(super) fn times<X: Extended>(m: X::M, e: X::E, em: X::M, ee: X::E) -> (X::M, X::E) {
-    (m * em, X::e_max(X::e_add(e, ee), X::E_NONE))
-}
-
-/// Row slices of one lane type: mantissas and exponents.
-pub(super) type Slices<'a, X> = (&'a [<X as Extended>::M], &'a [<X as Extended>::E]);
-
-/// One step of the recursion over `out.len()` states: `out[i] = (a[i] + b[i] + skip[i] *
-/// c[i]) * emit[i]` in extended range (no factor without `emit`). `a`, `b`, `c` are the three
-/// predecessors (forward) or weighted successors (backward) of state `i`. With `renorm`,
-/// mantissas come out in `[1, 2)`.
-#[inline(always)]
-pub(super) fn combine3<X: Extended>(
-    [a, b, c]: [Slices<'_, X>; 3],
-    skip: Slices<'_, X>,
-    emit: Option<Slices<'_, X>>,
-    renorm: bool,
-    out_m: &mut [X::M],
-    out_e: &mut [X::E],
-) {
-    let n = out_m.len();
-    let (a_m, a_e, b_m, b_e) = (&a.0[..n], &a.1[..n], &b.0[..n], &b.1[..n]);
-    let (c_m, c_e, skip_m, skip_e) = (&c.0[..n], &c.1[..n], &skip.0[..n], &skip.1[..n]);
-    let out_e = &mut out_e[..n];
-    // Four loops without branches inside, so that each vectorises.
-    macro_rules! term {
-        ($i:expr) => {
-            sum3::<X>(
-                (a_m[$i], a_e[$i]),
-                (b_m[$i], b_e[$i]),
-                (c_m[$i], c_e[$i]),
-                (skip_m[$i], skip_e[$i]),
-            )
-        };
-    }
-    match (emit, renorm) {
-        (Some((emit_m, emit_e)), false) => {
-            let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
-            for i in 0..n {
-                let (m, e) = term!(i);
-                (out_m[i], out_e[i]) = times::<X>(m, e, emit_m[i], emit_e[i]);
-            }
-        }
-        (Some((emit_m, emit_e)), true) => {
-            let (emit_m, emit_e) = (&emit_m[..n], &emit_e[..n]);
-            for i in 0..n {
-                let (m, e) = term!(i);
-                let (m, e) = times::<X>(m, e, emit_m[i], emit_e[i]);
-                (out_m[i], out_e[i]) = X::normalise(m, e);
-            }
-        }
-        (None, false) => {
-            for i in 0..n {
-                (out_m[i], out_e[i]) = term!(i);
-            }
-        }
-        (None, true) => {
-            for i in 0..n {
-                let (m, e) = term!(i);
-                (out_m[i], out_e[i]) = X::normalise(m, e);
-            }
-        }
     }
 }
 
@@ -636,6 +164,7 @@ fn forward_in<F: FastMath, X: Extended>(
     ws: &mut Workspace<F>,
     lanes: &mut Lanes<X>,
     keep_table: bool,
+    level: SimdLevel,
 ) -> Outcome {
     let t_len = x.input_len;
     let labels = x.labels;
@@ -666,7 +195,7 @@ fn forward_in<F: FastMath, X: Extended>(
     fill_log_norm(x, &mut ws.log_norm);
     fill_distinct_classes(x, &mut ws.distinct_classes);
     fill_prefetch_lines(x, &ws.distinct_classes, &mut ws.prefetch_lines);
-    let reads = frame_reads(x);
+    let reads = frame_reads(x, level);
     fill_slot_offsets(x, reads, &mut ws.slot_offsets);
     let has_budget = X::INPUT_BUDGET.is_finite();
     let mut budget_used = 0.0f64;
@@ -744,60 +273,19 @@ fn forward_in<F: FastMath, X: Extended>(
     Outcome::Done(end_log_likelihood::<X>(states - 1, |s| (m[s], e[s])))
 }
 
-/// `ln(alpha[last] + alpha[last - 1])` (just `alpha[0]` for an empty target, `last = 0`):
-/// the log-likelihood from the last frame's alphas, `at(s)` giving state `s`.
-#[inline(always)]
-pub(super) fn end_log_likelihood<X: Extended>(
-    last: usize,
-    at: impl Fn(usize) -> (X::M, X::E),
-) -> f64 {
-    let wide = |s: usize| {
-        let (m, e) = at(s);
-        (X::m_to_f64(m), X::e_to_f64(e))
-    };
-    let (m, e) = if last > 0 {
-        let ((m1, e1), (m2, e2)) = (wide(last), wide(last - 1));
-        add2(m1, e1, m2, e2)
-    } else {
-        wide(0)
-    };
-    ln(m, e)
-}
-
-/// The exponent shift that brings `alpha * beta` near 1: alpha * beta is at most the
-/// likelihood, so shifted by its exponent every product is at most a few orders above 1
-/// (mantissas between normalisations); those below the lane type's range are cut to 0.
-#[inline(always)]
-pub(super) fn occupancy_shift<X: Extended>(log_lik: f64) -> X::E {
-    X::e_from_f64(-(log_lik * std::f64::consts::LOG2_E).round())
-}
-
-/// `alpha * beta` of one state, shifted by `occupancy_shift`.
-#[inline(always)]
-pub(super) fn occupancy<X: Extended>(
-    (a_m, a_e): (X::M, X::E),
-    (b_m, b_e): (X::M, X::E),
-    shift: X::E,
-) -> X::M {
-    // Zeros' exponents raised to E_NONE, so that the sum cannot wrap.
-    let e_a = X::e_max(a_e, X::E_NONE);
-    let e_b = X::e_max(b_e, X::E_NONE);
-    a_m * b_m * X::pow2(X::e_add(X::e_add(e_a, e_b), shift))
-}
-
 /// The log-likelihood of one sample (two rows of memory per lane type).
 #[inline(always)]
-pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
+pub fn forward<F: FastMath>(level: SimdLevel, x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let outcome = forward_in(x, ws, &mut lanes, false);
+        let outcome = forward_in(x, ws, &mut lanes, false, level);
         ws.narrow = lanes;
         if let Outcome::Done(log_lik) = outcome {
             return log_lik;
         }
     }
     let mut lanes = std::mem::take(&mut ws.wide);
-    let outcome = forward_in(x, ws, &mut lanes, false);
+    let outcome = forward_in(x, ws, &mut lanes, false, level);
     ws.wide = lanes;
     match outcome {
         Outcome::Done(log_lik) => log_lik,
@@ -810,6 +298,7 @@ pub fn forward<F: FastMath>(x: &SampleRef<'_, F>, ws: &mut Workspace<F>) -> f64 
 /// untouched.
 #[inline(always)]
 pub fn forward_backward<F: FastMath>(
+    level: SimdLevel,
     x: &SampleRef<'_, F>,
     ws: &mut Workspace<F>,
     mut grad: ArrayViewMut2<'_, F>,
@@ -817,14 +306,14 @@ pub fn forward_backward<F: FastMath>(
 ) -> f64 {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let outcome = forward_backward_in(x, ws, &mut lanes, grad.view_mut(), spec);
+        let outcome = forward_backward_in(x, ws, &mut lanes, grad.view_mut(), spec, level);
         ws.narrow = lanes;
         if let Outcome::Done(log_lik) = outcome {
             return log_lik;
         }
     }
     let mut lanes = std::mem::take(&mut ws.wide);
-    let outcome = forward_backward_in(x, ws, &mut lanes, grad, spec);
+    let outcome = forward_backward_in(x, ws, &mut lanes, grad, spec, level);
     ws.wide = lanes;
     match outcome {
         Outcome::Done(log_lik) => log_lik,
@@ -840,8 +329,9 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     lanes: &mut Lanes<X>,
     mut grad: ArrayViewMut2<'_, F>,
     spec: GradSpec<F>,
+    level: SimdLevel,
 ) -> Outcome {
-    let log_lik = match forward_in(x, ws, lanes, true) {
+    let log_lik = match forward_in(x, ws, lanes, true, level) {
         Outcome::Done(log_lik) => log_lik,
         Outcome::TooWide => return Outcome::TooWide,
     };
@@ -869,9 +359,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     reset(&mut lanes.occupancy, states, X::M_ZERO);
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
     // ws.distinct_classes was filled by the forward pass.
-    let scale = spec.scale.to_f64();
     let shift = occupancy_shift::<X>(log_lik);
-    let clear_rows = spec.clear_rows && spec.wrt == GradWrt::LogProbs;
 
     // The gradient rows are fresh memory whose lines miss the cache on their first store:
     // for rows of more than a few lines (which stay cached), the lines of the next row to
@@ -927,61 +415,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
             let alpha = (X::m_from_f64(alpha_m[i].to_f64()), alpha_e[i]);
             occ[i] = occupancy::<X>(alpha, (b_m[i], b_e[i]), shift);
         }
-        let total = X::m_to_f64(sum_of(occ));
-
-        let mut row = grad.row_mut(t);
-        if spec.wrt == GradWrt::Logits {
-            // softmax of the input row: exp(log_prob) for log-probabilities, exp(logit - lse)
-            // for logits.
-            let lp = x.log_probs.row(t);
-            let shift = F::from_f64(ws.log_norm[t]);
-            match (row.as_slice_mut(), lp.as_slice()) {
-                (Some(out), Some(lp)) => {
-                    for (g, &v) in out.iter_mut().zip(lp) {
-                        *g = (v - shift).fast_exp() * spec.scale;
-                    }
-                }
-                _ => {
-                    for (g, &v) in row.iter_mut().zip(lp.iter()) {
-                        *g = (v - shift).fast_exp() * spec.scale;
-                    }
-                }
-            }
-        }
-        // Sum the occupancy per class in float64, then touch each class of the row once.
-        // For the log_probs gradient the first touch of a row is then a store: the row is
-        // fresh zeroed memory, and a read-modify-write would fault its page twice (read the
-        // shared zero page, then copy on write).
-        // The blank's states are every other one: summed apart (a scatter into one slot
-        // would chain every second addition through memory).
-        let acc = &mut ws.class_total;
-        acc[x.blank] = X::m_to_f64(sum_of_even(&occ[lo % 2..]));
-        // Label j is state 2j + 1, at occ[2j + 1 - lo].
-        for j in lo / 2..hi.div_ceil(2) {
-            acc[labels[j] as usize] += X::m_to_f64(occ[2 * j + 1 - lo]);
-        }
-        let inv_total = 1.0 / total;
-        macro_rules! write_classes {
-            ($out:expr) => {
-                for &class in &ws.distinct_classes {
-                    let g = F::from_f64(-share(acc[class], total, inv_total) * scale);
-                    match spec.wrt {
-                        GradWrt::LogProbs => $out[class] = g,
-                        GradWrt::Logits => $out[class] += g,
-                    }
-                    acc[class] = 0.0;
-                }
-            };
-        }
-        // A recycled row holds stale values; the logits gradient above already wrote it whole.
-        if clear_rows {
-            row.fill(F::ZERO);
-        }
-        // A plain slice when the row is contiguous (the usual layouts): no stride arithmetic.
-        match row.as_slice_mut() {
-            Some(out) => write_classes!(out),
-            None => write_classes!(row),
-        }
+        write_grad_row::<F, X>(x, ws, t, (lo, hi), occ, grad.row_mut(t), spec);
 
         // Emissions of frame t, for beta[t-1] (checked for NaN by the forward pass).
         if t > 0 {
@@ -998,6 +432,77 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     Outcome::Done(log_lik)
 }
 
+/// Writes gradient row `t` (`row`) from frame `t`'s occupancy `occ` (states `lo..=hi`, not
+/// yet normalised): minus each class's share of the frame times the scale, plus the softmax
+/// of the input row for the logits gradient. One step of `forward_backward_in`'s reverse
+/// sweep, inlined into it.
+#[inline(always)]
+fn write_grad_row<F: FastMath, X: Extended>(
+    x: &SampleRef<'_, F>,
+    ws: &mut Workspace<F>,
+    t: usize,
+    (lo, hi): (usize, usize),
+    occ: &[X::M],
+    mut row: ArrayViewMut1<'_, F>,
+    spec: GradSpec<F>,
+) {
+    let labels = x.labels;
+    let scale = spec.scale.to_f64();
+    let total = X::m_to_f64(sum_of(occ));
+    if spec.wrt == GradWrt::Logits {
+        // softmax of the input row: exp(log_prob) for log-probabilities, exp(logit - lse)
+        // for logits.
+        let lp = x.log_probs.row(t);
+        let shift = F::from_f64(ws.log_norm[t]);
+        match (row.as_slice_mut(), lp.as_slice()) {
+            (Some(out), Some(lp)) => {
+                for (g, &v) in out.iter_mut().zip(lp) {
+                    *g = (v - shift).fast_exp() * spec.scale;
+                }
+            }
+            _ => {
+                for (g, &v) in row.iter_mut().zip(lp.iter()) {
+                    *g = (v - shift).fast_exp() * spec.scale;
+                }
+            }
+        }
+    }
+    // Sum the occupancy per class in float64, then touch each class of the row once.
+    // For the log_probs gradient the first touch of a row is then a store: the row is
+    // fresh zeroed memory, and a read-modify-write would fault its page twice (read the
+    // shared zero page, then copy on write).
+    // The blank's states are every other one: summed apart (a scatter into one slot
+    // would chain every second addition through memory).
+    let acc = &mut ws.class_total;
+    acc[x.blank] = X::m_to_f64(sum_of_even(&occ[lo % 2..]));
+    // Label j is state 2j + 1, at occ[2j + 1 - lo].
+    for j in lo / 2..hi.div_ceil(2) {
+        acc[labels[j] as usize] += X::m_to_f64(occ[2 * j + 1 - lo]);
+    }
+    let inv_total = 1.0 / total;
+    macro_rules! write_classes {
+        ($out:expr) => {
+            for &class in &ws.distinct_classes {
+                let g = F::from_f64(-share(acc[class], total, inv_total) * scale);
+                match spec.wrt {
+                    GradWrt::LogProbs => $out[class] = g,
+                    GradWrt::Logits => $out[class] += g,
+                }
+                acc[class] = 0.0;
+            }
+        };
+    }
+    // A recycled row holds stale values; the logits gradient above already wrote it whole.
+    if spec.clear_rows && spec.wrt == GradWrt::LogProbs {
+        row.fill(F::ZERO);
+    }
+    // A plain slice when the row is contiguous (the usual layouts): no stride arithmetic.
+    match row.as_slice_mut() {
+        Some(out) => write_classes!(out),
+        None => write_classes!(row),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1011,7 +516,7 @@ mod tests {
             blank: 0,
             logits: false,
         };
-        forward(&x, &mut Workspace::new())
+        forward(SimdLevel::Baseline, &x, &mut Workspace::new())
     }
 
     #[test]
@@ -1064,7 +569,13 @@ mod tests {
                 zero_infinity: false,
                 clear_rows,
             };
-            let ll = forward_backward(&x, &mut Workspace::new(), grad.view_mut(), spec);
+            let ll = forward_backward(
+                SimdLevel::Baseline,
+                &x,
+                &mut Workspace::new(),
+                grad.view_mut(),
+                spec,
+            );
             assert!(ll.is_finite());
             for row in grad.rows() {
                 assert!((row.sum() + 1.0).abs() < 1e-12);

@@ -12,32 +12,25 @@
 //! Anything out of the ordinary (no frames, no possible alignment, a NaN or `+inf` read, an
 //! exhausted exponent budget, a zero likelihood) leaves the lane to the per-sample kernel,
 //! which owns those rules: the group reports the lane as not done and writes nothing of it.
+//!
+//! The reading of the lanes' input is in `group_reads.rs`; the building blocks shared with
+//! the per-sample kernel in `primitives.rs`.
 
 use ndarray::ArrayViewMut2;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx512;
-#[cfg(target_arch = "x86_64")]
-use super::dispatch::{level, SimdLevel};
-use super::fastmath::{is_f32, FastMath};
-use super::lattice::{
-    combine3, end_log_likelihood, ensure_len, fill_distinct_classes, fill_prefetch_lines,
-    log_sum_exp, min_frames, occupancy, occupancy_shift, prefetch_lines, reset, times, two_rows,
-    GradSpec, Rows, SampleRef, LINE, NORMALISE_EVERY,
+use super::dispatch::SimdLevel;
+use super::fastmath::FastMath;
+use super::group_reads::GroupReads;
+use super::primitives::{
+    combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, times, two_rows,
+    Rows, NORMALISE_EVERY, PAD,
 };
+use super::sample::{min_frames, GradSpec, SampleRef};
 use super::scaled::{Extended, Narrow, Wide};
 use crate::options::GradWrt;
 
 /// Samples per group: one AVX-512 vector of float32 mantissas.
 pub const LANES: usize = 16;
-
-/// Input rows up to this size are not prefetched: the group reads them every frame, so
-/// they stay cached.
-const PREFETCH_ROW_BYTES: usize = 8 * LINE;
-
-/// Leading (forward) or trailing (backward) zero states, so `s - 2` and `s + 2` need no
-/// checks.
-const PAD: usize = 2;
 
 /// The buffers of a group's recursion in one lane type; every row is `LANES` wide per state.
 #[derive(Debug, Default)]
@@ -67,19 +60,7 @@ pub struct GroupLanes<X: Extended> {
 /// Scratch memory of the lockstep kernel (one per worker thread).
 #[derive(Debug, Default)]
 pub struct GroupWorkspace<F> {
-    /// Per frame and lane: what is subtracted from the input (the logits' log-sum-exp).
-    log_norm: Vec<f64>,
-    /// One frame's input at the blank and each label, per lane, as read.
-    raw: Vec<F>,
-    /// Where `raw` is read from, and which of its slots exist: see `fill_offsets`.
-    offsets: Vec<isize>,
-    present: Vec<bool>,
-    /// Each lane's cache lines to prefetch (see `fill_lanes_prefetch_lines`), and one lane's
-    /// classes and lines while they are found.
-    lines: Vec<usize>,
-    line_spans: Vec<(usize, usize)>,
-    lane_classes: Vec<usize>,
-    lane_lines: Vec<usize>,
+    reads: GroupReads<F>,
     wide: GroupLanes<Wide>,
     narrow: GroupLanes<Narrow>,
 }
@@ -146,22 +127,24 @@ pub fn table_bytes<F>(xs: &[SampleRef<'_, F>]) -> usize {
 /// kernel.
 #[inline(always)]
 pub fn forward<F: FastMath>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
 ) -> Vec<Option<f64>> {
-    run_in_lanes(xs, ws, None)
+    run_in_lanes(level, xs, ws, None)
 }
 
 /// Log-likelihoods and gradient rows of up to `LANES` samples; `None` for a lane left to the
 /// per-sample kernel, whose rows are then untouched.
 #[inline(always)]
 pub fn forward_backward<F: FastMath>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
     grads: &mut [ArrayViewMut2<'_, F>],
     specs: &[GradSpec<F>],
 ) -> Vec<Option<f64>> {
-    run_in_lanes(xs, ws, Some((grads, specs)))
+    run_in_lanes(level, xs, ws, Some((grads, specs)))
 }
 
 type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<F>])>;
@@ -170,18 +153,19 @@ type GradOut<'a, 'g, F> = Option<(&'a mut [ArrayViewMut2<'g, F>], &'a [GradSpec<
 /// the group), `Wide` for float64.
 #[inline(always)]
 fn run_in_lanes<F: FastMath>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
     grad: GradOut<'_, '_, F>,
 ) -> Vec<Option<f64>> {
     if F::NARROW {
         let mut lanes = std::mem::take(&mut ws.narrow);
-        let out = run::<F, Narrow>(xs, ws, &mut lanes, grad);
+        let out = run::<F, Narrow>(level, xs, ws, &mut lanes, grad);
         ws.narrow = lanes;
         out
     } else {
         let mut lanes = std::mem::take(&mut ws.wide);
-        let out = run::<F, Wide>(xs, ws, &mut lanes, grad);
+        let out = run::<F, Wide>(level, xs, ws, &mut lanes, grad);
         ws.wide = lanes;
         out
     }
@@ -189,6 +173,7 @@ fn run_in_lanes<F: FastMath>(
 
 #[inline(always)]
 fn run<F: FastMath, X: Extended>(
+    level: SimdLevel,
     xs: &[SampleRef<'_, F>],
     ws: &mut GroupWorkspace<F>,
     lanes: &mut GroupLanes<X>,
@@ -214,8 +199,16 @@ fn run<F: FastMath, X: Extended>(
         // Fixed for both passes (the table's layout), though lanes may drop out.
         let labels = max_labels(xs, &state);
         let keep_table = grad.is_some();
-        fill_lanes_prefetch_lines(xs, ws);
-        forward_pass::<F, X>(xs, ws, lanes, &mut state, t_max, labels, keep_table);
+        ws.reads.prepare_prefetch(xs);
+        forward_pass::<F, X>(
+            xs,
+            ws,
+            lanes,
+            &mut state,
+            t_max,
+            labels,
+            (level, keep_table),
+        );
         for s in state.iter_mut() {
             // A zero likelihood (every path through a -inf emission) has the per-sample
             // kernel's NaN / zero_infinity rules for its gradient.
@@ -230,43 +223,8 @@ fn run<F: FastMath, X: Extended>(
     state.iter().map(|s| s.live.then_some(s.log_lik)).collect()
 }
 
-/// Per lane, the byte offsets of the input row's cache lines that hold its blank and
-/// labels, each once (`ws.lines`, delimited by `ws.line_spans`); none when rows are not
-/// contiguous or fit in a few lines, which stay cached.
-fn fill_lanes_prefetch_lines<F>(xs: &[SampleRef<'_, F>], ws: &mut GroupWorkspace<F>) {
-    ws.lines.clear();
-    ws.line_spans.clear();
-    for x in xs {
-        let start = ws.lines.len();
-        if x.log_probs.ncols() * std::mem::size_of::<F>() > PREFETCH_ROW_BYTES {
-            fill_distinct_classes(x, &mut ws.lane_classes);
-            fill_prefetch_lines(x, &ws.lane_classes, &mut ws.lane_lines);
-            ws.lines.extend_from_slice(&ws.lane_lines);
-        }
-        ws.line_spans.push((start, ws.lines.len()));
-    }
-}
-
-/// Asks the CPU to start loading the lines of frame `t` that each lane reads (see
-/// `lattice::prefetch_frame`): with a large vocabulary each read would otherwise wait for
-/// memory.
-#[inline(always)]
-fn prefetch_frame<F>(
-    xs: &[SampleRef<'_, F>],
-    ws: &GroupWorkspace<F>,
-    state: &[LaneState],
-    t: usize,
-) {
-    for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
-        let (start, end) = ws.line_spans[k];
-        if lane.live && t < x.input_len && start < end {
-            prefetch_lines(x.log_probs.row(t).as_ptr(), &ws.lines[start..end]);
-        }
-    }
-}
-
 /// The lowest state any live lane still running at frame `t` needs: below it no state can
-/// reach its lane's end in time (see `lattice::band`). It never decreases with `t`.
+/// reach its lane's end in time (see `primitives::band`). It never decreases with `t`.
 fn band_floor<F>(xs: &[SampleRef<'_, F>], state: &[LaneState], t: usize) -> usize {
     xs.iter()
         .zip(state)
@@ -286,11 +244,17 @@ fn max_labels<F>(xs: &[SampleRef<'_, F>], state: &[LaneState]) -> usize {
         .unwrap_or(0)
 }
 
-/// Fills the skip mask of every lane: state `2j + 1` may be entered from `2j - 1` when
-/// label `j` differs from label `j - 1`.
-fn fill_skip<F, X: Extended>(xs: &[SampleRef<'_, F>], states: usize, skip: &mut Rows<X>) {
+/// Fills the skip mask of every live lane: state `2j + 1` may be entered from `2j - 1` when
+/// label `j` differs from label `j - 1`. (A lane left to the per-sample kernel from the
+/// start may have more states than the group.)
+fn fill_skip<F, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    state: &[LaneState],
+    states: usize,
+    skip: &mut Rows<X>,
+) {
     skip.reset((states + PAD) * LANES);
-    for (k, x) in xs.iter().enumerate() {
+    for (k, x) in xs.iter().enumerate().filter(|&(k, _)| state[k].live) {
         for j in 1..x.labels.len() {
             if x.labels[j] != x.labels[j - 1] {
                 skip.m[(2 * j + 1) * LANES + k] = X::M_ONE;
@@ -300,45 +264,9 @@ fn fill_skip<F, X: Extended>(xs: &[SampleRef<'_, F>], states: usize, skip: &mut 
     }
 }
 
-/// Per lane and slot of `[blank, label_0, ...]`: the element offset of its class in a row
-/// of the lane's input, and whether the slot exists (a lane of the group with that many
-/// labels). Missing slots read the lane's blank, and lanes past the group's samples read
-/// lane 0's, so that the gather needs no branches.
-fn fill_offsets<F>(
-    xs: &[SampleRef<'_, F>],
-    width: usize,
-    offsets: &mut Vec<isize>,
-    present: &mut Vec<bool>,
-) {
-    reset(offsets, width * LANES, 0);
-    reset(present, width * LANES, false);
-    for (k, x) in xs.iter().enumerate() {
-        let stride = x.log_probs.strides()[1];
-        // Validation guarantees it; `read_frame` relies on it.
-        assert!(x.blank < x.log_probs.ncols());
-        let blank = x.blank as isize * stride;
-        for j in 0..width {
-            offsets[j * LANES + k] = blank;
-        }
-        for (j, &label) in x.labels.iter().enumerate() {
-            assert!((label as usize) < x.log_probs.ncols());
-            offsets[(j + 1) * LANES + k] = label as isize * stride;
-        }
-        for j in 0..=x.labels.len() {
-            present[j * LANES + k] = true;
-        }
-    }
-    for j in 0..width {
-        for k in xs.len()..LANES {
-            offsets[j * LANES + k] = offsets[j * LANES];
-        }
-    }
-}
-
-/// Reads frame `t` of every lane into `lanes.values` (`[blank, label_0, ...]` per lane,
-/// minus the frame's norm, rounded to the mantissa type; `-inf` for lanes past their end,
-/// lanes no longer live and labels past a lane's target) and records the norms. A lane
-/// that reads a NaN or `+inf`, or runs out of exponent budget, stops being live.
+/// Reads frame `t` of every lane into `lanes.values` (see `GroupReads::read`: `-inf` for
+/// lanes past their end and lanes no longer live). A lane that reads a NaN or `+inf`, or
+/// runs out of exponent budget, stops being live.
 #[inline(always)]
 fn read_frame<F: FastMath, X: Extended>(
     xs: &[SampleRef<'_, F>],
@@ -346,86 +274,14 @@ fn read_frame<F: FastMath, X: Extended>(
     lanes: &mut GroupLanes<X>,
     state: &mut [LaneState],
     t: usize,
-    width: usize,
+    (width, level): (usize, SimdLevel),
 ) {
-    let mut norm = [0.0f64; LANES];
     let mut reading = [false; LANES];
-    // Row t of each lane (frames up to the group's longest input exist in every lane's
-    // view: they are the same (T, N, C) array).
-    let mut rows = [xs[0].log_probs.row(t).as_ptr(); LANES];
     for (k, (x, lane)) in xs.iter().zip(state.iter()).enumerate() {
-        let row = x.log_probs.row(t);
-        rows[k] = row.as_ptr();
         reading[k] = lane.live && t < x.input_len;
-        if reading[k] && x.logits {
-            norm[k] = log_sum_exp(row);
-        }
-        ws.log_norm[t * LANES + k] = norm[k];
     }
-    // The checks, in vectors: a NaN or +inf read, and the exponent budget used.
-    let mut poison = [0.0f64; LANES];
-    let mut span = [0.0f64; LANES];
-    let offsets = &ws.offsets[..width * LANES];
-    let present = &ws.present[..width * LANES];
     let values = &mut lanes.values[..width * LANES];
-    let raw = &mut ws.raw[..width * LANES];
-    if xs.iter().any(|x| x.logits) {
-        gather(&rows, offsets, raw);
-        let slots = values
-            .chunks_exact_mut(LANES)
-            .zip(raw.chunks_exact(LANES))
-            .zip(present.chunks_exact(LANES));
-        for ((v_row, raw_row), present_row) in slots {
-            for k in 0..LANES {
-                let v = if present_row[k] & reading[k] {
-                    raw_row[k].to_f64() - norm[k]
-                } else {
-                    f64::NEG_INFINITY
-                };
-                // -inf (an exact zero) uses no budget; NaN and +inf make `poison` NaN.
-                let x = if v == f64::NEG_INFINITY { 0.0 } else { v };
-                poison[k] += x * 0.0;
-                span[k] = span[k].fmax(x.abs());
-                v_row[k] = X::m_from_f64(v);
-            }
-        }
-    } else if let Some((poison_f, span_f)) =
-        read_log_probs_fused::<F, X>(&rows, offsets, present, &reading, values)
-    {
-        for k in 0..LANES {
-            poison[k] = f64::from(poison_f[k]);
-            span[k] = f64::from(span_f[k]);
-        }
-    } else {
-        // Log-probabilities are used as read: the same checks in the input type, which for
-        // float32 input is the mantissa type, so this is one vector per slot.
-        gather(&rows, offsets, raw);
-        let slots = values
-            .chunks_exact_mut(LANES)
-            .zip(raw.chunks_exact(LANES))
-            .zip(present.chunks_exact(LANES));
-        let mut poison_f = [F::ZERO; LANES];
-        let mut span_f = [F::ZERO; LANES];
-        for ((v_row, raw_row), present_row) in slots {
-            for k in 0..LANES {
-                let v = if present_row[k] & reading[k] {
-                    raw_row[k]
-                } else {
-                    F::NEG_INFINITY
-                };
-                let x = if v == F::NEG_INFINITY { F::ZERO } else { v };
-                poison_f[k] += x * F::ZERO;
-                // Not `fmax`: LLVM turns its select into a masked store, which stalls the
-                // next iteration's load of the same accumulator.
-                span_f[k] = span_f[k].max_num(x.max_num(-x));
-                v_row[k] = X::m_from_f64(v.to_f64());
-            }
-        }
-        for k in 0..LANES {
-            poison[k] = poison_f[k].to_f64();
-            span[k] = span_f[k].to_f64();
-        }
-    }
+    let (poison, span) = ws.reads.read::<X>(xs, t, width, &reading, values, level);
     for (k, lane) in state.iter_mut().enumerate() {
         if !reading[k] {
             continue;
@@ -443,65 +299,6 @@ fn read_frame<F: FastMath, X: Extended>(
             }
         }
     }
-}
-
-/// The gather: `raw[j * LANES + k] = *rows[k].offset(offsets[j * LANES + k])`, one
-/// branch-free pass over every slot of every lane. Every `rows[k]` must be a row of an
-/// input array and every offset a class of that row times its stride (`fill_offsets`
-/// checks), so that each element read lies inside the array.
-#[inline(always)]
-fn gather<F: FastMath>(rows: &[*const F; LANES], offsets: &[isize], raw: &mut [F]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32::<F>() && level() == SimdLevel::Avx512 {
-        // SAFETY: F is f32 (`is_f32`), so the casts are identities; the CPU has AVX-512 F
-        // (`level`); the addresses are those the scalar loop reads.
-        unsafe {
-            avx512::gather_lanes_f32(
-                &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
-                offsets,
-                &mut *(raw as *mut [F] as *mut [f32]),
-            )
-        };
-        return;
-    }
-    for (raw_row, offset_row) in raw.chunks_exact_mut(LANES).zip(offsets.chunks_exact(LANES)) {
-        for k in 0..LANES {
-            // SAFETY: see the function's contract.
-            raw_row[k] = unsafe { *rows[k].offset(offset_row[k]) };
-        }
-    }
-}
-
-/// The log-probability branch of `read_frame` for float32 input on AVX-512, in one pass:
-/// the gather, the masks and the checks, with the checks' accumulators in registers (the
-/// portable loop keeps them on the stack, a store and reload per slot: with the scalar
-/// gather, a third of a short group's forward pass). Returns each lane's `poison` and
-/// `span`; `None` on other types and CPUs.
-#[inline(always)]
-fn read_log_probs_fused<F: FastMath, X: Extended>(
-    rows: &[*const F; LANES],
-    offsets: &[isize],
-    present: &[bool],
-    reading: &[bool; LANES],
-    values: &mut [X::M],
-) -> Option<([f32; LANES], [f32; LANES])> {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32::<F>() && std::mem::size_of::<X::M>() == 4 && level() == SimdLevel::Avx512 {
-        // SAFETY: F is f32 (`is_f32`) and the only 4-byte mantissa type of the (private)
-        // `Extended` types is f32, so the casts are identities; the CPU has AVX-512 F (`level`); rows and
-        // offsets meet `gather`'s contract (the caller's).
-        return Some(unsafe {
-            avx512::read_lanes_f32(
-                &*(rows as *const [*const F; LANES] as *const [*const f32; LANES]),
-                offsets,
-                present,
-                reading,
-                &mut *(values as *mut [X::M] as *mut [f32]),
-            )
-        });
-    }
-    let _ = (rows, offsets, present, reading, values);
-    None
 }
 
 /// Spreads one frame's emissions (`[blank, label_0, ...]` per lane) over states `lo..=hi`.
@@ -530,18 +327,16 @@ fn forward_pass<F: FastMath, X: Extended>(
     state: &mut [LaneState],
     t_max: usize,
     labels: usize,
-    keep_table: bool,
+    (level, keep_table): (SimdLevel, bool),
 ) {
     let width = labels + 1;
     let states = 2 * labels + 1;
     let row_len = (states + PAD) * LANES;
     lanes.alpha.reset(2 * row_len);
     lanes.emit.reset(states * LANES);
-    fill_skip(xs, states, &mut lanes.skip);
+    fill_skip(xs, state, states, &mut lanes.skip);
     reset(&mut lanes.values, width * LANES, X::M_ZERO);
-    reset(&mut ws.raw, width * LANES, F::ZERO);
-    fill_offsets(xs, width, &mut ws.offsets, &mut ws.present);
-    ensure_len(&mut ws.log_norm, t_max * LANES, 0.0);
+    ws.reads.prepare(xs, |k| state[k].live, width, t_max);
     let frames = if keep_table { t_max } else { 1 };
     ensure_len(&mut lanes.emissions.m, frames * width * LANES, X::M_ZERO);
     ensure_len(&mut lanes.emissions.e, frames * width * LANES, X::E_NONE);
@@ -554,9 +349,9 @@ fn forward_pass<F: FastMath, X: Extended>(
 
     for t in 0..t_max {
         if t + 1 < t_max {
-            prefetch_frame(xs, ws, state, t + 1);
+            ws.reads.prefetch(xs, |k| state[k].live, t + 1);
         }
-        read_frame::<F, X>(xs, ws, lanes, state, t, width);
+        read_frame::<F, X>(xs, ws, lanes, state, t, (width, level));
         let slot = if keep_table { t } else { 0 } * width * LANES;
         let em_m = &mut lanes.emissions.m[slot..slot + width * LANES];
         let em_e = &mut lanes.emissions.e[slot..slot + width * LANES];
@@ -706,79 +501,15 @@ fn backward_pass<F: FastMath, X: Extended>(
             }
         }
 
-        // The gradient of lane k at a state is its occupancy times -scale / total: every
-        // label state's share, in vectors, then one scattered add per label and lane. A
-        // state holding the whole frame gets exactly -scale (`x * (1/x)` can miss 1).
-        let mut factor = [X::M_ZERO; LANES];
-        let mut whole = [X::M_ZERO; LANES];
-        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
-            if lane.live && t < x.input_len {
-                let scale = specs[k].scale.to_f64();
-                factor[k] = X::m_from_f64(-scale / X::m_to_f64(total[k]));
-                whole[k] = X::m_from_f64(-scale);
-            }
-        }
-        let share = |o: X::M, k: usize| {
-            if o == total[k] {
-                whole[k]
-            } else {
-                o * factor[k]
-            }
-        };
-        let first_label = lo | 1;
-        if first_label <= hi {
-            let label_states = &mut lanes.occupancy[first_label * LANES..(hi + 1) * LANES];
-            for o in label_states.chunks_exact_mut(2 * LANES) {
-                for (k, o) in o[..LANES].iter_mut().enumerate() {
-                    *o = share(*o, k);
-                }
-            }
-            let last = label_states.chunks_exact_mut(2 * LANES).into_remainder();
-            for (k, o) in last.iter_mut().enumerate() {
-                *o = share(*o, k);
-            }
-        }
-        let occ = &lanes.occupancy;
-        for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
-            if !lane.live || t >= x.input_len {
-                continue;
-            }
-            let spec = specs[k];
-            let blank = F::from_f64(X::m_to_f64(share(blank[k], k)));
-            // Label j is state 2j + 1.
-            let end = hi.div_ceil(2).min(x.labels.len());
-            let labels = (lo / 2).min(end)..end;
-            let mut row = grads[k].row_mut(t);
-            let lp = x.log_probs.row(t);
-            // softmax of the input row for the logits gradient, as in
-            // `lattice::forward_backward_in`; the log_probs row is zero (fresh or cleared below).
-            let shift = F::from_f64(ws.log_norm[t * LANES + k]);
-            macro_rules! write_row {
-                ($out:expr, $lp:expr) => {{
-                    if spec.wrt == GradWrt::Logits {
-                        for (g, &v) in $out.iter_mut().zip($lp) {
-                            *g = (v - shift).fast_exp() * spec.scale;
-                        }
-                        $out[x.blank] += blank;
-                    } else {
-                        $out[x.blank] = blank;
-                    }
-                    for j in labels {
-                        let g = F::from_f64(X::m_to_f64(occ[(2 * j + 1) * LANES + k]));
-                        $out[x.labels[j] as usize] += g;
-                    }
-                }};
-            }
-            // A recycled row holds stale values; the logits gradient writes it whole.
-            if spec.clear_rows && spec.wrt == GradWrt::LogProbs {
-                row.fill(F::ZERO);
-            }
-            // Plain slices when the rows are contiguous (the usual layouts).
-            match (row.as_slice_mut(), lp.as_slice()) {
-                (Some(out), Some(lp)) => write_row!(out, lp),
-                _ => write_row!(row, lp.iter()),
-            }
-        }
+        write_grad_rows::<F, X>(
+            xs,
+            &ws.reads,
+            &mut lanes.occupancy,
+            state,
+            (t, lo, hi),
+            (&total, &blank),
+            (&mut *grads, specs),
+        );
 
         // Emissions of frame t, for beta[t-1].
         if t > 0 {
@@ -790,6 +521,95 @@ fn backward_pass<F: FastMath, X: Extended>(
                 hi,
                 &mut lanes.emit,
             );
+        }
+    }
+}
+
+/// Writes gradient row `t` of every live lane still running at frame `t`, from the frame's
+/// occupancy (`occupancy`, states `lo..=hi` lane-minor, not yet normalised; the label states
+/// are overwritten with their shares) and its per-lane `total` and `blank` sums. One step of
+/// `backward_pass`, inlined into it.
+#[inline(always)]
+fn write_grad_rows<F: FastMath, X: Extended>(
+    xs: &[SampleRef<'_, F>],
+    reads: &GroupReads<F>,
+    occupancy: &mut [X::M],
+    state: &[LaneState],
+    (t, lo, hi): (usize, usize, usize),
+    (total, blank): (&[X::M; LANES], &[X::M; LANES]),
+    (grads, specs): (&mut [ArrayViewMut2<'_, F>], &[GradSpec<F>]),
+) {
+    // The gradient of lane k at a state is its occupancy times -scale / total: every
+    // label state's share, in vectors, then one scattered add per label and lane. A
+    // state holding the whole frame gets exactly -scale (`x * (1/x)` can miss 1).
+    let mut factor = [X::M_ZERO; LANES];
+    let mut whole = [X::M_ZERO; LANES];
+    for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+        if lane.live && t < x.input_len {
+            let scale = specs[k].scale.to_f64();
+            factor[k] = X::m_from_f64(-scale / X::m_to_f64(total[k]));
+            whole[k] = X::m_from_f64(-scale);
+        }
+    }
+    let share = |o: X::M, k: usize| {
+        if o == total[k] {
+            whole[k]
+        } else {
+            o * factor[k]
+        }
+    };
+    let first_label = lo | 1;
+    if first_label <= hi {
+        let label_states = &mut occupancy[first_label * LANES..(hi + 1) * LANES];
+        for o in label_states.chunks_exact_mut(2 * LANES) {
+            for (k, o) in o[..LANES].iter_mut().enumerate() {
+                *o = share(*o, k);
+            }
+        }
+        let last = label_states.chunks_exact_mut(2 * LANES).into_remainder();
+        for (k, o) in last.iter_mut().enumerate() {
+            *o = share(*o, k);
+        }
+    }
+    let occ = &*occupancy;
+    for (k, (x, lane)) in xs.iter().zip(state).enumerate() {
+        if !lane.live || t >= x.input_len {
+            continue;
+        }
+        let spec = specs[k];
+        let blank = F::from_f64(X::m_to_f64(share(blank[k], k)));
+        // Label j is state 2j + 1.
+        let end = hi.div_ceil(2).min(x.labels.len());
+        let labels = (lo / 2).min(end)..end;
+        let mut row = grads[k].row_mut(t);
+        let lp = x.log_probs.row(t);
+        // softmax of the input row for the logits gradient, as in
+        // `lattice::forward_backward_in`; the log_probs row is zero (fresh or cleared below).
+        let shift = F::from_f64(reads.log_norm(t, k));
+        macro_rules! write_row {
+            ($out:expr, $lp:expr) => {{
+                if spec.wrt == GradWrt::Logits {
+                    for (g, &v) in $out.iter_mut().zip($lp) {
+                        *g = (v - shift).fast_exp() * spec.scale;
+                    }
+                    $out[x.blank] += blank;
+                } else {
+                    $out[x.blank] = blank;
+                }
+                for j in labels {
+                    let g = F::from_f64(X::m_to_f64(occ[(2 * j + 1) * LANES + k]));
+                    $out[x.labels[j] as usize] += g;
+                }
+            }};
+        }
+        // A recycled row holds stale values; the logits gradient writes it whole.
+        if spec.clear_rows && spec.wrt == GradWrt::LogProbs {
+            row.fill(F::ZERO);
+        }
+        // Plain slices when the rows are contiguous (the usual layouts).
+        match (row.as_slice_mut(), lp.as_slice()) {
+            (Some(out), Some(lp)) => write_row!(out, lp),
+            _ => write_row!(row, lp.iter()),
         }
     }
 }

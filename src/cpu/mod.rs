@@ -6,9 +6,15 @@ mod avx2;
 mod avx512;
 mod dispatch;
 mod fastmath;
+mod frame_reads;
+mod group_reads;
 mod lattice;
 mod lockstep;
+mod primitives;
+mod sample;
 mod scaled;
+#[cfg(test)]
+mod tests;
 mod viterbi;
 
 use std::cell::RefCell;
@@ -19,8 +25,9 @@ use rayon::prelude::*;
 
 pub use dispatch::{level as simd_level, SimdLevel};
 pub use fastmath::FastMath;
-pub use lattice::{GradSpec, SampleRef, Workspace};
+pub use lattice::Workspace;
 pub use lockstep::GroupWorkspace;
+pub use sample::{GradSpec, SampleRef};
 
 use crate::error::CtcError;
 use crate::gradient::{self, Gradient, RowScale};

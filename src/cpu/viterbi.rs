@@ -11,7 +11,7 @@
 use ndarray::{ArrayViewMut1, ArrayViewMut2};
 
 use super::fastmath::FastMath;
-use super::lattice::SampleRef;
+use super::sample::SampleRef;
 
 /// Where one sample's alignment goes: rows of the batch outputs.
 pub struct AlignmentRows<'a, F> {
@@ -73,7 +73,7 @@ pub fn align<F: FastMath>(
     for t in 0..t_len {
         let row = x.log_probs.row(t);
         let norm = if x.logits {
-            super::lattice::log_sum_exp(row)
+            super::frame_reads::log_sum_exp(row)
         } else {
             0.0
         };

@@ -1,0 +1,13 @@
+//! Unit tests of the CPU kernels as a whole, which `cargo test` reaches without a wheel:
+//! the per-sample kernel against a plain log-space reference (itself checked against brute
+//! force), the group kernel (`lockstep.rs`) against the per-sample kernel, and every SIMD
+//! level the machine supports against the baseline, through the dispatcher's `_at` entry
+//! points (the level is otherwise read once per process).
+//!
+//! Everything is small (debug builds run these in a few seconds) and deterministic (a fixed
+//! xorshift seed per test).
+
+mod cases;
+mod kernels;
+mod levels;
+mod reference;
