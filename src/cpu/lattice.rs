@@ -28,9 +28,11 @@ use super::primitives::{
     band, combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, sum_of,
     sum_of_even, times, two_rows, Rows, NORMALISE_EVERY, PAD,
 };
-use super::sample::{min_frames, GradSpec, SampleRef};
+use super::sample::{GradSpec, SampleRef};
 use super::scaled::{Extended, Narrow, Wide};
+use crate::gradient::unreachable_fill;
 use crate::options::GradWrt;
+use crate::problem::settled_log_likelihood;
 
 /// The buffers of the recursion in one lane type (see `scaled::Extended`).
 #[derive(Debug, Default)]
@@ -168,15 +170,8 @@ fn forward_in<F: FastMath, X: Extended>(
 ) -> Outcome {
     let t_len = x.input_len;
     let labels = x.labels;
-    if t_len == 0 {
-        return Outcome::Done(if labels.is_empty() {
-            0.0
-        } else {
-            f64::NEG_INFINITY
-        });
-    }
-    if t_len < min_frames(labels) {
-        return Outcome::Done(f64::NEG_INFINITY);
+    if let Some(log_lik) = settled_log_likelihood(t_len, labels) {
+        return Outcome::Done(log_lik);
     }
     let states = 2 * labels.len() + 1;
     let width = states + PAD;
@@ -336,12 +331,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
         Outcome::TooWide => return Outcome::TooWide,
     };
     let t_len = x.input_len;
-    if !log_lik.is_finite() {
-        let fill = if log_lik == f64::NEG_INFINITY && spec.zero_infinity {
-            F::ZERO
-        } else {
-            F::NAN
-        };
+    if let Some(fill) = unreachable_fill(log_lik, spec.zero_infinity) {
         for t in 0..t_len {
             grad.row_mut(t).fill(fill);
         }

@@ -25,9 +25,10 @@ use super::primitives::{
     combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, times, two_rows,
     Rows, NORMALISE_EVERY, PAD,
 };
-use super::sample::{min_frames, GradSpec, SampleRef};
+use super::sample::{GradSpec, SampleRef};
 use super::scaled::{Extended, Narrow, Wide};
 use crate::options::GradWrt;
+use crate::problem::min_frames;
 
 /// Samples per group: one AVX-512 vector of float32 mantissas.
 pub const LANES: usize = 16;

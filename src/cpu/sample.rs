@@ -36,8 +36,3 @@ pub struct GradSpec<F> {
     /// classes are stored.
     pub clear_rows: bool,
 }
-
-/// The number of frames a target needs: one per label plus one blank between equal neighbours.
-pub(super) fn min_frames(labels: &[u32]) -> usize {
-    labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
-}
