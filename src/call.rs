@@ -59,6 +59,10 @@ pub fn run<F: Float>(
     device: Device,
 ) -> Result<Outcome<F>, CtcError> {
     let problem = prepare(batch, options, job)?;
+    if device == Device::Cpu {
+        // Kept workspaces far larger than this call needs are freed (`cpu::workspaces`).
+        cpu::trim_workspaces(memory::largest_table_bytes(&problem, job));
+    }
     match (job, device) {
         (Job::Loss | Job::LossAndGrad, Device::Cpu) => {
             cpu::compute(&problem, job == Job::LossAndGrad).map(Outcome::Losses)

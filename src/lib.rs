@@ -49,6 +49,12 @@ pub use output::CtcOutput;
 pub use problem::{validate, Problem, Targets};
 pub use real::Real;
 
+/// Frees the memory fastctc keeps between calls: recycled gradient buffers and the CPU's
+/// workspaces (forward tables); returns the bytes freed.
+pub fn empty_cache() -> usize {
+    buffers::release() + cpu::release_workspaces()
+}
+
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

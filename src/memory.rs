@@ -74,6 +74,15 @@ pub fn check<F>(problem: &Problem<'_, F>, job: Job) -> Result<(), CtcError> {
     available("this call's buffers together", together)
 }
 
+/// Bytes of the largest table `job` on `problem` keeps while one of its samples runs.
+pub fn largest_table_bytes<F>(problem: &Problem<'_, F>, job: Job) -> usize {
+    let value = std::mem::size_of::<F>();
+    let bytes = |s: &crate::problem::Sample| {
+        table_bytes(job, s.input_len, 2 * s.target_len() + 1, value).unwrap_or(usize::MAX)
+    };
+    problem.samples.iter().map(bytes).max().unwrap_or(0)
+}
+
 /// Bytes of the table one sample of `input_len` frames and `states` lattice states keeps
 /// while it runs: two rows for a loss, every row for a gradient (a mantissa and an exponent
 /// of the input's width per cell, `cpu::lattice`), a byte of back pointer per cell for an

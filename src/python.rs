@@ -484,10 +484,10 @@ fn get_num_threads() -> usize {
     threads::num_threads()
 }
 
-/// Frees the gradient buffers kept for reuse; returns the bytes freed.
+/// Frees the gradient buffers and workspaces kept for reuse; returns the bytes freed.
 #[pyfunction]
 fn empty_cache() -> usize {
-    crate::buffers::release()
+    crate::empty_cache()
 }
 
 /// The CPU's SIMD extensions that fastctc detects at run time.

@@ -124,9 +124,11 @@ def test_empty_cache_frees_large_buffers_only():
     size = grad.nbytes
     assert size >= 1 << 20
     del grad
-    assert fastctc.empty_cache() == size
+    # The buffer, and the CPU workspaces the call used (also freed by empty_cache).
+    assert fastctc.empty_cache() >= size
     assert fastctc.empty_cache() == 0
     # A small gradient is left to the allocator.
     _, small = fastctc.ctc_loss_and_grad(args[0][:, :2], args[1][:2], *(x[:2] for x in lengths))
     del small
-    assert fastctc.empty_cache() == 0
+    # Only workspaces of a few kB: no kept buffer, which would be 1 MiB or more.
+    assert fastctc.empty_cache() < 1 << 20

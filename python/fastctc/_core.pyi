@@ -62,7 +62,7 @@ def get_num_threads() -> int:
     """The number of worker threads calls run on."""
 
 def empty_cache() -> int:
-    """Frees the gradient buffers kept for reuse; returns the bytes freed."""
+    """Frees the gradient buffers and CPU workspaces kept for reuse; returns the bytes freed."""
 
 def simd_features() -> list[str]:
     """The CPU's SIMD extensions detected at run time."""

@@ -25,8 +25,8 @@ use super::frame_reads::{
     prefetch_frame, prefetch_lines_for_write, read_checked, LINE,
 };
 use super::primitives::{
-    band, combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, sum_of,
-    sum_of_even, times, two_rows, Rows, NORMALISE_EVERY, PAD,
+    band, combine3, end_log_likelihood, ensure_len, heap_bytes, occupancy, occupancy_shift, reset,
+    sum_of, sum_of_even, times, two_rows, Rows, NORMALISE_EVERY, PAD,
 };
 use super::sample::{GradSpec, SampleRef};
 use super::scaled::{Extended, Narrow, Wide};
@@ -86,6 +86,31 @@ pub struct Workspace<F> {
 impl<F: FastMath> Workspace<F> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Bytes held on the heap: what keeping this workspace for later calls costs.
+    pub fn heap_bytes(&self) -> usize {
+        heap_bytes(&self.table_m)
+            + heap_bytes(&self.frames)
+            + heap_bytes(&self.log_norm)
+            + heap_bytes(&self.class_total)
+            + heap_bytes(&self.distinct_classes)
+            + heap_bytes(&self.prefetch_lines)
+            + heap_bytes(&self.slot_offsets)
+            + self.wide.heap_bytes()
+            + self.narrow.heap_bytes()
+    }
+}
+
+impl<X: Extended> Lanes<X> {
+    fn heap_bytes(&self) -> usize {
+        heap_bytes(&self.table_e)
+            + self.alpha.heap_bytes()
+            + self.beta.heap_bytes()
+            + self.next_weighted.heap_bytes()
+            + self.emit.heap_bytes()
+            + self.skip.heap_bytes()
+            + heap_bytes(&self.occupancy)
     }
 }
 

@@ -66,6 +66,20 @@ pub struct GroupWorkspace<F> {
     narrow: GroupLanes<Narrow>,
 }
 
+impl<F> GroupWorkspace<F> {
+    /// Bytes held on the heap by the tables (the rest is a few rows): what keeping this
+    /// workspace for later calls costs.
+    pub fn heap_bytes(&self) -> usize {
+        self.wide.heap_bytes() + self.narrow.heap_bytes()
+    }
+}
+
+impl<X: Extended> GroupLanes<X> {
+    fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes() + self.emissions.heap_bytes()
+    }
+}
+
 /// One lane's progress.
 #[derive(Debug, Clone, Copy)]
 struct LaneState {

@@ -16,8 +16,8 @@ mod scaled;
 #[cfg(test)]
 mod tests;
 mod viterbi;
+mod workspaces;
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
 
 use ndarray::{s, ArrayViewMut2, Axis};
@@ -28,6 +28,7 @@ pub use fastmath::FastMath;
 pub use lattice::Workspace;
 pub use lockstep::GroupWorkspace;
 pub use sample::{GradSpec, SampleRef};
+use workspaces::KeptWorkspaces;
 
 use crate::error::CtcError;
 use crate::gradient::{self, Gradient, RowScale};
@@ -63,36 +64,29 @@ pub fn simd_features() -> Vec<&'static str> {
     found
 }
 
-/// A float the CPU backend computes in: `f32` or `f64`, each with per-thread workspaces that
-/// live as long as the pool's threads, so repeated calls allocate nothing.
-pub trait CpuFloat: FastMath {
-    fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R;
-    fn with_group_workspace<R>(work: impl FnOnce(&mut GroupWorkspace<Self>) -> R) -> R;
-}
-
-thread_local! {
-    static WORKSPACE_F32: RefCell<Workspace<f32>> = RefCell::new(Workspace::new());
-    static WORKSPACE_F64: RefCell<Workspace<f64>> = RefCell::new(Workspace::new());
-    static GROUP_WORKSPACE_F32: RefCell<GroupWorkspace<f32>> = RefCell::default();
-    static GROUP_WORKSPACE_F64: RefCell<GroupWorkspace<f64>> = RefCell::default();
-}
-
-impl CpuFloat for f32 {
+/// A float the CPU backend computes in: `f32` or `f64`, each with workspaces kept between
+/// calls (`workspaces.rs`), so repeated calls allocate nothing.
+pub trait CpuFloat: KeptWorkspaces {
     fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
-        WORKSPACE_F32.with(|ws| work(&mut ws.borrow_mut()))
+        Self::workspaces().with(work)
     }
     fn with_group_workspace<R>(work: impl FnOnce(&mut GroupWorkspace<Self>) -> R) -> R {
-        GROUP_WORKSPACE_F32.with(|ws| work(&mut ws.borrow_mut()))
+        Self::group_workspaces().with(work)
     }
 }
 
-impl CpuFloat for f64 {
-    fn with_workspace<R>(work: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
-        WORKSPACE_F64.with(|ws| work(&mut ws.borrow_mut()))
-    }
-    fn with_group_workspace<R>(work: impl FnOnce(&mut GroupWorkspace<Self>) -> R) -> R {
-        GROUP_WORKSPACE_F64.with(|ws| work(&mut ws.borrow_mut()))
-    }
+impl CpuFloat for f32 {}
+impl CpuFloat for f64 {}
+
+/// Frees the workspaces kept between calls; returns the bytes freed.
+pub fn release_workspaces() -> usize {
+    workspaces::release()
+}
+
+/// Frees the kept workspaces far larger than a call whose largest table is `needed_bytes`
+/// needs; returns the bytes freed.
+pub fn trim_workspaces(needed_bytes: usize) -> usize {
+    workspaces::trim(needed_bytes)
 }
 
 fn sample_ref<'p, F: Real>(problem: &'p Problem<'_, F>, n: usize) -> SampleRef<'p, F> {
@@ -348,11 +342,6 @@ fn compute_with_grad<F: CpuFloat>(
     Ok(CtcOutput::new(problem, losses, Some(grad.into_array())))
 }
 
-thread_local! {
-    static VITERBI_WORKSPACE: RefCell<viterbi::ViterbiWorkspace> =
-        RefCell::new(viterbi::ViterbiWorkspace::default());
-}
-
 /// The most likely alignment of every sample of a validated batch (forced alignment).
 pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
     let (t_max, batch, _) = problem.dims();
@@ -383,7 +372,7 @@ pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
                 scores,
                 spans,
             };
-            *score = VITERBI_WORKSPACE.with(|ws| viterbi::align(&x, &mut ws.borrow_mut(), rows));
+            *score = workspaces::VITERBI_WORKSPACES.with(|ws| viterbi::align(&x, ws, rows));
         },
     );
     out

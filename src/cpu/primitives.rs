@@ -20,6 +20,18 @@ pub(super) struct Rows<X: Extended> {
     pub(super) e: Vec<X::E>,
 }
 
+/// Bytes a vector holds on the heap (its capacity, not its length).
+pub(super) fn heap_bytes<T>(vec: &Vec<T>) -> usize {
+    vec.capacity() * std::mem::size_of::<T>()
+}
+
+impl<X: Extended> Rows<X> {
+    /// Bytes held on the heap.
+    pub(super) fn heap_bytes(&self) -> usize {
+        heap_bytes(&self.m) + heap_bytes(&self.e)
+    }
+}
+
 impl<X: Extended> Default for Rows<X> {
     fn default() -> Self {
         Self {

@@ -36,6 +36,16 @@ pub struct ViterbiWorkspace {
     log_norm: Vec<f64>,
 }
 
+impl ViterbiWorkspace {
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        fn bytes<T>(vec: &Vec<T>) -> usize {
+            vec.capacity() * std::mem::size_of::<T>()
+        }
+        bytes(&self.rows) + bytes(&self.back) + bytes(&self.path) + bytes(&self.log_norm)
+    }
+}
+
 /// Aligns one sample and writes its rows. Returns the best path's total log-probability
 /// (`-inf` when no alignment exists, NaN when a NaN was read); rows of a sample without a
 /// finite best path keep their fill values (-1 / NaN).
