@@ -26,6 +26,7 @@ from reference import logits_grad_from_log_probs_grad
 
 torch = require_torch()
 
+import fastctc._torch_traced as fastctc_traced  # noqa: E402
 import fastctc.torch as fastctc_torch  # noqa: E402
 from fastctc.torch import CTCLoss, ctc_loss  # noqa: E402
 
@@ -320,8 +321,8 @@ def test_eager_mode_bypasses_the_custom_operators(monkeypatch, rng):
     def fail(*args, **kwargs):
         raise AssertionError("a custom operator was called in eager mode")
 
-    monkeypatch.setattr(fastctc_torch, "_ctc_loss_and_grad_op", fail)
-    monkeypatch.setattr(fastctc_torch, "_ctc_loss_op", fail)
+    monkeypatch.setattr(fastctc_traced, "_ctc_loss_and_grad_op", fail)
+    monkeypatch.setattr(fastctc_traced, "_ctc_loss_op", fail)
     log_probs, args = _ctc_problem(rng)
     lp = log_probs.clone().requires_grad_(True)
     loss = ctc_loss(lp, *args)
@@ -403,7 +404,7 @@ def test_vmap_of_the_loss(monkeypatch, rng):
     def fail(*args, **kwargs):
         raise AssertionError("the gradient was computed")
 
-    monkeypatch.setattr(fastctc_torch, "_ctc_loss_and_grad_op", fail)
+    monkeypatch.setattr(fastctc_traced, "_ctc_loss_and_grad_op", fail)
     log_probs, args = _ctc_problem(rng)
     batch = torch.stack([log_probs, log_probs * 0.5])
     with warnings.catch_warnings():

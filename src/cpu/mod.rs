@@ -203,6 +203,7 @@ fn plan_jobs<F: Real, T>(
     problem: &Problem<'_, F>,
     mut items: Vec<T>,
     sample_of: impl Fn(&T) -> usize,
+    policy: GroupPolicy,
 ) -> Vec<Job<T>> {
     let cost = |item: &T| problem.samples[sample_of(item)].cost();
     items.sort_by_key(|item| Reverse(cost(item)));
@@ -233,7 +234,7 @@ fn plan_jobs<F: Real, T>(
             .iter()
             .map(|item| sample_ref(problem, sample_of(item)))
             .collect();
-        let grouped = match group_policy() {
+        let grouped = match policy {
             GroupPolicy::Auto => {
                 group.len() >= GROUP_MIN_LANES
                     && lockstep::table_bytes::<F>(&xs) <= GROUP_MAX_TABLE_BYTES
@@ -256,7 +257,7 @@ fn compute_loss<F: CpuFloat>(problem: &Problem<'_, F>) -> CtcOutput<F> {
     let mut losses = vec![0.0f64; problem.samples.len()];
     let items: Vec<(usize, &mut f64)> = losses.iter_mut().enumerate().collect();
     let work = total_work(problem, false);
-    let jobs = plan_jobs(problem, items, |(n, _)| *n);
+    let jobs = plan_jobs(problem, items, |(n, _)| *n, group_policy());
     let one =
         |n: usize| -F::with_workspace(|ws| dispatch::log_likelihood(&sample_ref(problem, n), ws));
     for_each_job(jobs, work, |job| match job {
@@ -293,7 +294,7 @@ fn compute_with_grad<F: CpuFloat>(
             .map(|(n, (rows, loss))| (n, rows, loss))
             .collect();
         let work = total_work(problem, true);
-        let jobs = plan_jobs(problem, items, |(n, _, _)| *n);
+        let jobs = plan_jobs(problem, items, |(n, _, _)| *n, group_policy());
         let spec_of = |n: usize| GradSpec {
             wrt: problem.options.grad_wrt,
             scale: F::from_f64(row_scale.of(problem, n)),
