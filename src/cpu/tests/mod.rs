@@ -8,6 +8,7 @@
 //! xorshift seed per test).
 
 mod cases;
+mod extreme;
 mod kernels;
 mod levels;
 mod reference;
