@@ -68,9 +68,6 @@ pub fn normalise(v: f64, e: f64) -> (f64, f64) {
 /// Below this `x * log2(e)` the range reduction of `exp_reduced_f64` (a rounding by adding
 /// `1.5 * 2^52`) no longer rounds: `exp_parts` takes `2^(x log2 e)` as it is instead.
 const HUGE_LOG2: f64 = -2_251_799_813_685_248.0; // -2^51
-/// `2^52`: adding it to, and taking it from, a float64 beyond `2^51` in magnitude leaves an
-/// integer.
-const TWO_52_F: f64 = 4_503_599_627_370_496.0;
 
 /// `exp(x)` as `(p, n)` with `exp(x) = p * 2^n`, `p` in `[0.7, 1.42]`: the range reduction
 /// and polynomial of an exp without the final scaling, so no `x` over- or underflows.
@@ -79,20 +76,19 @@ const TWO_52_F: f64 = 4_503_599_627_370_496.0;
 ///
 /// Beyond `2^51` in `x log2 e` (about `-1.6e15`, where the reduction stops rounding and its
 /// polynomial would be evaluated far outside its interval, giving huge or infinite
-/// mantissas and then NaN: issue 15) the result is `(1, x log2 e)` rounded to an integer;
-/// below `-f64::MAX * ln 2` (about `-1.2e308`), where `x log2 e` overflows, it is an exact
-/// zero, the `-inf` it approximates.
+/// mantissas and then NaN: issue 15) the result is `(1, x log2 e)`, an exponent that is an
+/// integer or (up to `2^52`) within a half of one, which `pow2` rounds; below
+/// `-f64::MAX * ln 2` (about `-1.2e308`), where `x log2 e` overflows, it is an exact zero,
+/// the `-inf` it approximates.
 #[inline(always)]
 pub fn exp_parts<const DEGREE: usize>(x: f64) -> (f64, f64) {
-    let finite = x > f64::NEG_INFINITY;
     let y = x * std::f64::consts::LOG2_E;
+    let finite = y > f64::NEG_INFINITY;
+    // Also true for -inf: the reduction then runs on 0 and its result is dropped.
     let huge = y < HUGE_LOG2;
-    let reduced = if finite && !huge { x } else { 0.0 };
-    let (p, n, _) = super::fastmath::exp_reduced_f64::<DEGREE>(reduced);
-    // An integer: `y - 2^52` is beyond 2^52 in magnitude, where float64 holds only integers.
-    let whole = (y - TWO_52_F) + TWO_52_F;
-    let (p, n) = if huge { (1.0, whole) } else { (p, n) };
-    if finite && n > f64::NEG_INFINITY {
+    let (p, n, _) = super::fastmath::exp_reduced_f64::<DEGREE>(if huge { 0.0 } else { x });
+    let (p, n) = if huge { (1.0, y) } else { (p, n) };
+    if finite {
         (p, n)
     } else {
         (0.0, f64::NEG_INFINITY)
