@@ -25,8 +25,9 @@ use super::frame_reads::{
     prefetch_frame, prefetch_lines_for_write, read_checked, LINE,
 };
 use super::primitives::{
-    band, combine3, end_log_likelihood, ensure_len, heap_bytes, occupancy, occupancy_shift, reset,
-    sum_of, sum_of_even, times, two_rows, Rows, NORMALISE_EVERY, PAD,
+    band, combine3, end_log_likelihood, ensure_len, frame_shift, heap_bytes, occupancy,
+    occupancy_shift, reset, shift_is_exact, sum_of, sum_of_even, times, two_rows, Rows,
+    NORMALISE_EVERY, PAD,
 };
 use super::sample::{GradSpec, SampleRef};
 use super::scaled::{Extended, Narrow, Wide};
@@ -244,7 +245,7 @@ fn forward_in<F: FastMath, X: Extended>(
         }
         if has_budget {
             // Two per frame for the sums of three.
-            budget_used += span * std::f64::consts::LOG2_E + 2.0;
+            budget_used += X::budget_cost(span);
             if budget_used >= X::INPUT_BUDGET {
                 return Outcome::TooWide;
             }
@@ -375,6 +376,7 @@ fn forward_backward_in<F: FastMath, X: Extended>(
     reset(&mut ws.class_total, x.log_probs.ncols(), 0.0);
     // ws.distinct_classes was filled by the forward pass.
     let shift = occupancy_shift::<X>(log_lik);
+    let exact_shift = shift_is_exact(log_lik);
 
     // The gradient rows are fresh memory whose lines miss the cache on their first store:
     // for rows of more than a few lines (which stay cached), the lines of the next row to
@@ -426,6 +428,11 @@ fn forward_backward_in<F: FastMath, X: Extended>(
         let alpha_e = &lanes.table_e[t * states + lo..t * states + lo + n];
         let occ = &mut lanes.occupancy[lo..lo + n];
         let (b_m, b_e) = (&cur_m[lo..lo + n], &cur_e[lo..lo + n]);
+        let shift = if exact_shift {
+            shift
+        } else {
+            frame_shift::<X>(alpha_e, b_e)
+        };
         for i in 0..n {
             let alpha = (X::m_from_f64(alpha_m[i].to_f64()), alpha_e[i]);
             occ[i] = occupancy::<X>(alpha, (b_m[i], b_e[i]), shift);

@@ -22,8 +22,8 @@ use super::dispatch::SimdLevel;
 use super::fastmath::FastMath;
 use super::group_reads::GroupReads;
 use super::primitives::{
-    combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, times, two_rows,
-    Rows, NORMALISE_EVERY, PAD,
+    combine3, end_log_likelihood, ensure_len, occupancy, occupancy_shift, reset, shift_is_exact,
+    times, two_rows, Rows, NORMALISE_EVERY, PAD,
 };
 use super::sample::{GradSpec, SampleRef};
 use super::scaled::{Extended, Narrow, Wide};
@@ -226,8 +226,9 @@ fn run<F: FastMath, X: Extended>(
         );
         for s in state.iter_mut() {
             // A zero likelihood (every path through a -inf emission) has the per-sample
-            // kernel's NaN / zero_infinity rules for its gradient.
-            s.live &= s.log_lik.is_finite();
+            // kernel's NaN / zero_infinity rules for its gradient, and a likelihood beyond
+            // `shift_is_exact` its shifting frame by frame.
+            s.live &= s.log_lik.is_finite() && shift_is_exact(s.log_lik);
         }
         if let Some(out) = grad {
             if state.iter().any(|s| s.live) {
@@ -304,7 +305,7 @@ fn read_frame<F: FastMath, X: Extended>(
         let mut ok = poison[k] == 0.0;
         if X::INPUT_BUDGET.is_finite() {
             // Two per frame for the sums of three (as in `lattice::forward_in`).
-            lane.budget_used += span[k] * std::f64::consts::LOG2_E + 2.0;
+            lane.budget_used += X::budget_cost(span[k]);
             ok &= lane.budget_used < X::INPUT_BUDGET;
         }
         if !ok {

@@ -239,6 +239,32 @@ pub(super) fn occupancy_shift<X: Extended>(log_lik: f64) -> X::E {
     X::e_from_f64(-(log_lik * std::f64::consts::LOG2_E).round())
 }
 
+/// Whether `occupancy_shift(log_lik)` brings the largest `alpha * beta` near 1: `log_lik`
+/// (a float64 from the final alphas' exponent) holds that exponent to within a unit up to
+/// `2^50`. Beyond, only a sample every path of which runs through a log-probability of
+/// about `-1e15` or below gets there (issue 15); the exponents are then not exact either,
+/// and each frame is shifted by its own largest `alpha * beta` (`frame_shift`).
+#[inline(always)]
+pub(super) fn shift_is_exact(log_lik: f64) -> bool {
+    log_lik.abs() * std::f64::consts::LOG2_E < (1u64 << 50) as f64
+}
+
+/// The occupancy shift that brings the largest `alpha * beta` of a frame (exponents
+/// `alpha_e`, `beta_e`) to 1: see `shift_is_exact`. 0 for a frame of zeros.
+pub(super) fn frame_shift<X: Extended>(alpha_e: &[X::E], beta_e: &[X::E]) -> X::E {
+    let mut top = X::E_NONE;
+    for (&a, &b) in alpha_e.iter().zip(beta_e) {
+        // As `occupancy` adds them.
+        let e = X::e_add(X::e_max(a, X::E_NONE), X::e_max(b, X::E_NONE));
+        top = X::e_max(top, e);
+    }
+    if top > X::E_NONE {
+        X::e_sub(X::E_ZERO, top)
+    } else {
+        X::E_ZERO
+    }
+}
+
 /// `alpha * beta` of one state, shifted by `occupancy_shift`.
 #[inline(always)]
 pub(super) fn occupancy<X: Extended>(

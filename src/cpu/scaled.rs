@@ -65,14 +65,29 @@ pub fn normalise(v: f64, e: f64) -> (f64, f64) {
     (m, e)
 }
 
+/// Below this `x * log2(e)` the range reduction of `exp_reduced_f64` (a rounding by adding
+/// `1.5 * 2^52`) no longer rounds: `exp_parts` takes `2^(x log2 e)` as it is instead.
+const HUGE_LOG2: f64 = -2_251_799_813_685_248.0; // -2^51
+
 /// `exp(x)` as `(p, n)` with `exp(x) = p * 2^n`, `p` in `[0.7, 1.42]`: the range reduction
 /// and polynomial of an exp without the final scaling, so no `x` over- or underflows.
 /// `x = -inf` gives `(0, -inf)`. `x` must not be NaN or `+inf` (callers check inputs);
-/// within a few ulps for `x > -1400`.
+/// within a few ulps for `x > -1400`, and within the input's own resolution beyond.
+///
+/// Beyond `2^51` in `x log2 e` (about `-1.6e15`, where the reduction stops rounding and its
+/// polynomial would be evaluated far outside its interval, giving huge or infinite
+/// mantissas and then NaN: issue 15) the result is `(1, x log2 e)`, an exponent that is an
+/// integer or (up to `2^52`) within a half of one, which `pow2` rounds; below
+/// `-f64::MAX * ln 2` (about `-1.2e308`), where `x log2 e` overflows, it is an exact zero,
+/// the `-inf` it approximates.
 #[inline(always)]
 pub fn exp_parts<const DEGREE: usize>(x: f64) -> (f64, f64) {
-    let finite = x > f64::NEG_INFINITY;
-    let (p, n, _) = super::fastmath::exp_reduced_f64::<DEGREE>(if finite { x } else { 0.0 });
+    let y = x * std::f64::consts::LOG2_E;
+    let finite = y > f64::NEG_INFINITY;
+    // Also true for -inf: the reduction then runs on 0 and its result is dropped.
+    let huge = y < HUGE_LOG2;
+    let (p, n, _) = super::fastmath::exp_reduced_f64::<DEGREE>(if huge { 0.0 } else { x });
+    let (p, n) = if huge { (1.0, y) } else { (p, n) };
     if finite {
         (p, n)
     } else {
@@ -113,6 +128,18 @@ pub trait Extended: 'static {
     /// `|log-prob|` among the classes read, times log2(e), plus 2): the exponents must hold
     /// every partial path.
     const INPUT_BUDGET: f64;
+    /// The largest `|log-prob|` one emission may have (`emission_of_m`'s range).
+    const MAX_SPAN: f64;
+    /// What a frame whose largest `|log-prob|` is `span` uses of `INPUT_BUDGET`: all of it
+    /// past `MAX_SPAN`.
+    #[inline(always)]
+    fn budget_cost(span: f64) -> f64 {
+        if span <= Self::MAX_SPAN {
+            span * std::f64::consts::LOG2_E + 2.0
+        } else {
+            f64::INFINITY
+        }
+    }
     fn e_add(a: Self::E, b: Self::E) -> Self::E;
     fn e_sub(a: Self::E, b: Self::E) -> Self::E;
     fn e_max(a: Self::E, b: Self::E) -> Self::E;
@@ -149,6 +176,7 @@ impl Extended for Wide {
     const E_ZERO: f64 = 0.0;
     const E_NONE: f64 = f64::NEG_INFINITY;
     const INPUT_BUDGET: f64 = f64::INFINITY;
+    const MAX_SPAN: f64 = f64::INFINITY;
     #[inline(always)]
     fn e_add(a: f64, b: f64) -> f64 {
         a + b
@@ -211,6 +239,9 @@ impl Extended for Narrow {
     // Real exponents then stay within +-2^26; sums of two, plus the likelihood's shift, within
     // +-2^28; a zero's exponent plus any of these never wraps.
     const INPUT_BUDGET: f64 = (1u64 << 26) as f64;
+    // `exp_parts_f32`'s range (its rounding by adding 1.5 * 2^23 fails beyond 2^22 in
+    // x log2 e, about 2.9e6: such a frame once came out with garbage exponents, issue 15).
+    const MAX_SPAN: f64 = (1u64 << 20) as f64;
     #[inline(always)]
     fn e_add(a: i32, b: i32) -> i32 {
         a.wrapping_add(b)

@@ -9,6 +9,7 @@
 //! xorshift seed per test).
 
 mod cases;
+mod extreme;
 mod kernels;
 mod levels;
 mod reference;
