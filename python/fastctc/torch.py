@@ -60,8 +60,9 @@ from torch import Tensor
 
 import fastctc
 from fastctc import _args
+from fastctc._torch_align import TokenSpan, forced_align, merge_tokens
 
-__all__ = ["CTCLoss", "ctc_loss"]
+__all__ = ["CTCLoss", "TokenSpan", "ctc_loss", "forced_align", "merge_tokens"]
 
 IntArg = Union[Tensor, Sequence[int], int, np.ndarray]  # noqa: UP007 (runtime alias, py3.10)
 
