@@ -184,3 +184,75 @@ def test_torch_forced_align_batched_dtypes_and_grad_inputs() -> None:
         _, path = viterbi_path(lp[n, : il[n]], targets[n])
         assert labels[n, : il[n]].tolist() == path
         assert torch.all(labels[n, il[n] :] == 0) and torch.all(scores[n, il[n] :] == 0)
+
+
+# --------------------------------------------------------------------------------------
+# the star token
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_star_token_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    frames, classes = int(rng.integers(1, 6)), 3
+    star = classes  # one past the columns
+    lp = log_softmax(rng.normal(size=(frames, classes)) * 2)
+    star_score = float(rng.normal() - 1)
+    target = [int(v) for v in rng.choice([1, 2, star], size=int(rng.integers(0, 4)))]
+    expected_score, path = brute_force_best(lp, target, 0, star_score=star_score)
+    if path is None:
+        with pytest.raises(fastctc.CTCInputError, match="no alignment"):
+            fastctc.forced_align(
+                lp[None], [target + [1]], [frames], [len(target)], star_score=star_score
+            )
+        return
+    labels, scores = fastctc.forced_align(
+        lp[None], [target + [1]], [frames], [len(target)], star_score=star_score
+    )
+    assert labels[0].tolist() == path
+    expected = [star_score if c == star else lp[t, c] for t, c in enumerate(path)]
+    np.testing.assert_allclose(scores[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(scores[0].sum(), expected_score, rtol=1e-12)
+
+
+def test_star_token_in_a_batch_with_logits_matches_reference_viterbi() -> None:
+    rng = np.random.default_rng(31)
+    logits = rng.normal(size=(30, 3, 6)) * 2  # (T, N, C) logits
+    lp = log_softmax(logits)
+    targets = [[6, 1, 2, 6, 3, 6], [1, 6, 6], [6]]
+    padded = np.array([t + [1] * (6 - len(t)) for t in targets])
+    result = fastctc.ctc_align(
+        logits, padded, [30, 25, 8], [6, 3, 1], input_kind="logits", star_score=-2.5
+    )
+    for n, target in enumerate(targets):
+        length = [30, 25, 8][n]
+        score, path = viterbi_path(lp[:length, n], target, star_score=-2.5)
+        assert result.labels[n, :length].tolist() == path
+        np.testing.assert_allclose(result.path_scores[n], score, rtol=1e-10)
+
+
+def test_star_score_errors() -> None:
+    lp = np.log(np.full((1, 4, 3), 1 / 3))
+    with pytest.raises(fastctc.CTCInputError, match=r"outside \[0, 3\) \(C=3 classes\)"):
+        fastctc.forced_align(lp, [[3]])
+    with pytest.raises(fastctc.CTCInputError, match=r"outside \[0, 3\] .*star token"):
+        fastctc.forced_align(lp, [[4]], star_score=0.0)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(fastctc.CTCInputError, match="star_score: expected a finite"):
+            fastctc.forced_align(lp, [[3]], star_score=bad)
+    with pytest.raises(fastctc.CTCTypeError, match="star_score: expected a number"):
+        fastctc.forced_align(lp, [[3]], star_score="0")
+
+
+def test_torch_forced_align_with_a_star() -> None:
+    torch = require_torch()
+    import fastctc.torch as F
+
+    rng = np.random.default_rng(32)
+    lp = log_softmax(rng.normal(size=(1, 12, 4)) * 2)
+    target = [4, 1, 2, 4]
+    labels, scores = F.forced_align(
+        torch.from_numpy(lp), torch.tensor([target], dtype=torch.int32), star_score=0.0
+    )
+    score, path = viterbi_path(lp[0], target, star_score=0.0)
+    assert labels[0].tolist() == path and labels.dtype == torch.int32
+    np.testing.assert_allclose(float(scores.sum()), score, rtol=1e-12)

@@ -56,6 +56,8 @@ def forced_align(
     input_lengths: IntArg = None,
     target_lengths: IntArg = None,
     blank: int = 0,
+    *,
+    star_score: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``torchaudio.functional.forced_align``, batched: see :func:`fastctc.forced_align`.
 
@@ -64,10 +66,16 @@ def forced_align(
     optional lengths. Returns ``(labels, scores)``, each ``(N, T)`` on the device of
     ``log_probs``: labels in the dtype of ``targets`` (int32 or int64, as torchaudio),
     scores in the dtype of ``log_probs``. ``N`` may exceed 1; padding frames hold the blank
-    and a score of 0. No gradient flows through the scores.
+    and a score of 0. No gradient flows through the scores. ``star_score``: the star token
+    ``C``, as :func:`fastctc.forced_align`.
     """
     labels, scores = fastctc.forced_align(
-        _host(log_probs), _host(targets), _host(input_lengths), _host(target_lengths), blank
+        _host(log_probs),
+        _host(targets),
+        _host(input_lengths),
+        _host(target_lengths),
+        blank,
+        star_score=star_score,
     )
     device = log_probs.device if isinstance(log_probs, Tensor) else torch.device("cpu")
     label_dtype = targets.dtype if isinstance(targets, Tensor) else torch.int32

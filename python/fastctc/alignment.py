@@ -61,6 +61,7 @@ def ctc_align(
     input_kind: str = "log_probs",
     layout: str = "TNC",
     device: str = "cpu",
+    star_score: float | None = None,
 ) -> Alignment:
     """Batched forced alignment (Viterbi): the most likely path of each sample's target.
 
@@ -73,6 +74,14 @@ def ctc_align(
     highest state index (staying in the same state, then advancing by one, then skipping a
     blank between two different labels), and a path ends in the final blank rather than the
     final label when both score the same. With continuous log-probabilities ties are rare.
+
+    ``star_score`` (a finite log-probability) adds the star token of MMS-style alignment: the
+    targets may then hold the class ``C`` (one past the input's classes), which scores
+    ``star_score`` at every frame, as if the input had a column ``C`` filled with it (none is
+    made). Put it where untranscribed speech may be, for example before, between and after
+    the words; it absorbs any frames at that cost. MMS uses ``star_score=0.0``. It is added
+    as it is, also with ``input_kind="logits"``. A frame on a star has label ``C`` and score
+    ``star_score``. Like any label, two stars in a row need a blank between them.
 
     Examples
     --------
@@ -89,8 +98,10 @@ def ctc_align(
     _args.check_choice(device, "device", ("cpu",))
     b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
     input_kind = _args.check_str(input_kind, "input_kind")
+    if star_score is not None:
+        star_score = _args.real(star_score, "star_score")
     labels, scores, spans, path_scores = _align(
-        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, input_kind
+        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, input_kind, star_score
     )
     path_scores = np.asarray(path_scores, dtype=np.float64)
     return Alignment(labels, scores, spans, path_scores, np.isfinite(path_scores))
@@ -126,6 +137,8 @@ def forced_align(
     input_lengths: _args.Lengths | None = None,
     target_lengths: _args.Lengths | None = None,
     blank: int = 0,
+    *,
+    star_score: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """torchaudio's ``forced_align``, batched: the best path of each sample, frame by frame.
 
@@ -145,6 +158,10 @@ def forced_align(
         Tokens of each sample; all ``S`` by default.
     blank : int, default 0
         The blank class.
+    star_score : float, optional
+        Lets ``targets`` hold the star token ``C`` (one past the classes), which scores this
+        log-probability at every frame, without a column of its own: see :func:`ctc_align`.
+        MMS's aligner appends a column of zeros for it (``star_score=0.0``).
 
     Returns
     -------
@@ -180,6 +197,15 @@ def forced_align(
     ([[0, 1, 1, 0, 2], [2, 2, 0, 0, 0]], dtype('int64'))
     >>> scores[1].round(3).tolist()                # frames 3 and 4 are padding
     [-0.105, -0.105, -0.105, 0.0, 0.0]
+
+    The star token (class ``C = 3`` here) takes the frames where it scores better than the
+    transcript (MMS uses ``star_score=0.0``, which outscores every frame):
+
+    >>> lp = np.log(np.full((1, 5, 3), 1 / 3))     # frames 0-2: noise
+    >>> lp[0, 3:] = np.log([0.05, 0.9, 0.05])      # frames 3-4: token 1
+    >>> labels, scores = fastctc.forced_align(lp, [[3, 1]], star_score=-1.0)
+    >>> labels.tolist(), scores[0, :3].tolist()
+    ([[3, 3, 3, 1, 1]], [-1.0, -1.0, -1.0])
     """
     lp = _args.log_probs_array(log_probs)
     if lp.ndim != 3:
@@ -196,7 +222,9 @@ def forced_align(
         input_lengths = np.full(batch, frames, dtype=np.int64)
     if target_lengths is None:
         target_lengths = np.full(tg.shape[0], tg.shape[1], dtype=np.int64)
-    result = ctc_align(lp, tg, input_lengths, target_lengths, blank, layout="NTC")
+    result = ctc_align(
+        lp, tg, input_lengths, target_lengths, blank, layout="NTC", star_score=star_score
+    )
     il = _args.lengths(input_lengths, "input_lengths", True)
     tl = _args.lengths(target_lengths, "target_lengths", True)
     failed = np.flatnonzero(~result.ok)

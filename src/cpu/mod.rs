@@ -372,7 +372,8 @@ pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
                 scores,
                 spans,
             };
-            *score = workspaces::VITERBI_WORKSPACES.with(|ws| viterbi::align(&x, ws, rows));
+            let star = problem.options.star_score;
+            *score = workspaces::VITERBI_WORKSPACES.with(|ws| viterbi::align(&x, star, ws, rows));
         },
     );
     out

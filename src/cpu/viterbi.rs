@@ -48,9 +48,11 @@ impl ViterbiWorkspace {
 
 /// Aligns one sample and writes its rows. Returns the best path's total log-probability
 /// (`-inf` when no alignment exists, NaN when a NaN was read); rows of a sample without a
-/// finite best path keep their fill values (-1 / NaN).
+/// finite best path keep their fill values (-1 / NaN). With `star`, a label equal to the
+/// number of classes `C` is the star token: it emits `star` at every frame.
 pub fn align<F: FastMath>(
     x: &SampleRef<'_, F>,
+    star: Option<f64>,
     ws: &mut ViterbiWorkspace,
     mut out: AlignmentRows<'_, F>,
 ) -> f64 {
@@ -78,6 +80,8 @@ pub fn align<F: FastMath>(
         }
     };
     let can_skip_into = |s: usize| s % 2 == 1 && s >= 3 && labels[s / 2] != labels[s / 2 - 1];
+    let star_class = x.log_probs.ncols();
+    let star_score = star.unwrap_or(f64::NAN);
 
     ws.log_norm.clear();
     for t in 0..t_len {
@@ -98,7 +102,12 @@ pub fn align<F: FastMath>(
         cur.fill(f64::NEG_INFINITY);
         let hi = (2 * t + 1).min(states - 1);
         for s in 0..=hi {
-            let emit = row[class_of(s)].to_f64() - norm;
+            let class = class_of(s);
+            let emit = if class == star_class {
+                star_score
+            } else {
+                row[class].to_f64() - norm
+            };
             if emit.is_nan() {
                 return f64::NAN;
             }
@@ -143,7 +152,11 @@ pub fn align<F: FastMath>(
     for (t, &s) in ws.path.iter().enumerate() {
         let class = class_of(s);
         out.labels[t] = class as i64;
-        out.scores[t] = F::from_f64(x.log_probs[[t, class]].to_f64() - ws.log_norm[t]);
+        out.scores[t] = F::from_f64(if class == star_class {
+            star_score
+        } else {
+            x.log_probs[[t, class]].to_f64() - ws.log_norm[t]
+        });
         if s % 2 == 1 {
             let token = s / 2;
             if out.spans[[token, 0]] < 0 {
@@ -184,6 +197,7 @@ mod tests {
         let mut spans = Array2::from_elem((2, 2), -1i64);
         let score = align(
             &x,
+            None,
             &mut ViterbiWorkspace::default(),
             AlignmentRows {
                 labels: out_labels.view_mut(),
