@@ -7,11 +7,12 @@ import doctest
 import fastctc
 import fastctc.__main__
 import fastctc.alignment
+import fastctc.words
 from conftest import require_torch
 
 
 def test_docstring_examples_run() -> None:
-    for module in (fastctc, fastctc.__main__, fastctc.alignment):
+    for module in (fastctc, fastctc.__main__, fastctc.alignment, fastctc.words):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, f"{module.__name__}: {result.failed} doctest(s) failed"
 

@@ -43,6 +43,7 @@ from fastctc.alignment import (
     frames_to_seconds,
     merge_tokens,
 )
+from fastctc.words import WordSpan, align_words
 
 __all__ = [
     "Alignment",
@@ -50,7 +51,9 @@ __all__ = [
     "CTCTypeError",
     "GpuUnavailableError",
     "TokenSpan",
+    "WordSpan",
     "__version__",
+    "align_words",
     "ctc_align",
     "ctc_loss",
     "ctc_loss_and_grad",
