@@ -98,6 +98,10 @@ fn prepare<'a, F>(
     options: Options,
     job: Job,
 ) -> Result<Problem<'a, F>, CtcError> {
+    // The loss kernels have no star token: its label would index past the input's classes.
+    if options.star_score.is_some() && job != Job::Align {
+        return Err(CtcError::StarScoreJob);
+    }
     let problem = validate(
         batch.log_probs,
         batch.targets,
@@ -129,4 +133,40 @@ fn gpu_losses<F: Float>(
         tried: "nothing".to_owned(),
         message: NO_GPU_BACKEND.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{arr1, arr2, Array3};
+
+    use super::*;
+
+    #[test]
+    fn only_an_alignment_takes_a_star_token() {
+        let lp = Array3::<f64>::from_elem((3, 1, 4), -1.0);
+        let targets = arr2(&[[4i64]]);
+        let (il, tl) = (arr1(&[3i64]), arr1(&[1i64]));
+        let batch = Batch {
+            log_probs: lp.view(),
+            targets: Targets::Padded(targets.view()),
+            input_lengths: il.view(),
+            target_lengths: tl.view(),
+            blank: 0,
+        };
+        let options = Options {
+            star_score: Some(0.0),
+            ..Options::default()
+        };
+        for job in [Job::Loss, Job::LossAndGrad, Job::Posteriors] {
+            let err = run(batch, options, job, Device::Cpu).unwrap_err();
+            assert_eq!(err, CtcError::StarScoreJob);
+        }
+        match run(batch, options, Job::Align, Device::Cpu).unwrap() {
+            Outcome::Alignment(out) => {
+                assert_eq!(out.labels.row(0).to_vec(), vec![4, 4, 4]);
+                assert_eq!(out.path_scores[0], 0.0);
+            }
+            Outcome::Losses(_) => panic!("an alignment was asked for"),
+        }
+    }
 }

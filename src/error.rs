@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// What a caller did wrong, or what the machine could not do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CtcError {
     /// An array has the wrong number of dimensions or an inconsistent shape.
     Shape {
@@ -27,12 +27,13 @@ pub enum CtcError {
         limit_name: &'static str,
         limit: usize,
     },
-    /// A target label outside `[0, C)`.
+    /// A target label outside `[0, C)`, or `[0, C]` when `star` (a `star_score` was given).
     Label {
         sample: usize,
         position: usize,
         value: i64,
         classes: usize,
+        star: bool,
     },
     /// A target label equal to the blank.
     BlankInTarget {
@@ -42,6 +43,10 @@ pub enum CtcError {
     },
     /// `blank` outside `[-C, C)`.
     Blank { value: i64, classes: usize },
+    /// A `star_score` that is not finite.
+    StarScore { value: f64 },
+    /// A `star_score` given to a call other than an alignment.
+    StarScoreJob,
     /// Concatenated targets whose length is not `sum(target_lengths)`.
     ConcatenatedLength { expected: u128, got: usize },
     /// A string option with a value we do not know.
@@ -103,6 +108,8 @@ impl CtcError {
             | CtcError::Label { .. }
             | CtcError::BlankInTarget { .. }
             | CtcError::Blank { .. }
+            | CtcError::StarScore { .. }
+            | CtcError::StarScoreJob
             | CtcError::ConcatenatedLength { .. }
             | CtcError::UnknownOption { .. }
             | CtcError::ThreadCount { .. } => ErrorKind::Value,
@@ -151,10 +158,30 @@ impl fmt::Display for CtcError {
                 position,
                 value,
                 classes,
+                star: false,
             } => write!(
                 f,
                 "targets: label {value} at sample {sample}, position {position} is outside \
                  [0, {classes}) (C={classes} classes)"
+            ),
+            CtcError::Label {
+                sample,
+                position,
+                value,
+                classes,
+                star: true,
+            } => write!(
+                f,
+                "targets: label {value} at sample {sample}, position {position} is outside \
+                 [0, {classes}] (C={classes} classes, and {classes} the star token)"
+            ),
+            CtcError::StarScore { value } => write!(
+                f,
+                "star_score: expected a finite log-probability, got {value}"
+            ),
+            CtcError::StarScoreJob => write!(
+                f,
+                "star_score: only an alignment takes a star token, not a loss"
             ),
             CtcError::BlankInTarget {
                 sample,
@@ -243,10 +270,24 @@ mod tests {
             position: 2,
             value: 7,
             classes: 5,
+            star: false,
         };
         let text = e.to_string();
         assert!(text.contains("targets") && text.contains("sample 1"));
         assert!(text.contains("position 2") && text.contains('7'));
+        assert!(text.contains("[0, 5)"));
+        let star = CtcError::Label {
+            sample: 1,
+            position: 2,
+            value: 7,
+            classes: 5,
+            star: true,
+        };
+        assert!(star.to_string().contains("[0, 5]") && star.to_string().contains("star"));
+        assert!(CtcError::StarScore { value: f64::NAN }
+            .to_string()
+            .contains("star_score: expected a finite"));
+        assert_eq!(CtcError::StarScoreJob.kind(), ErrorKind::Value);
 
         let e = CtcError::Length {
             argument: "input_lengths",

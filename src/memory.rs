@@ -85,13 +85,13 @@ pub fn largest_table_bytes<F>(problem: &Problem<'_, F>, job: Job) -> usize {
 
 /// Bytes of the table one sample of `input_len` frames and `states` lattice states keeps
 /// while it runs: two rows for a loss, every row for a gradient (a mantissa and an exponent
-/// of the input's width per cell, `cpu::lattice`), a byte of back pointer per cell for an
-/// alignment (`cpu::viterbi`).
+/// of the input's width per cell, `cpu::lattice`), for an alignment its checkpoints and one
+/// segment's two-bit back pointers (`cpu::viterbi`, bounded for any length).
 fn table_bytes(job: Job, input_len: usize, states: usize, value: usize) -> Option<usize> {
     match job {
         Job::Loss => product(&[2, states, 2 * value]),
         Job::LossAndGrad | Job::Posteriors => product(&[input_len, states, 2 * value]),
-        Job::Align => product(&[input_len, states]),
+        Job::Align => crate::cpu::alignment_table_bytes(input_len, states),
     }
 }
 

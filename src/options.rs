@@ -153,7 +153,7 @@ pub enum Job {
 }
 
 /// Everything about a call that is not data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
     pub reduction: Reduction,
     pub zero_infinity: bool,
@@ -161,6 +161,10 @@ pub struct Options {
     pub input_kind: InputKind,
     /// The layout the gradient is returned in (the input is always a `(T, N, C)` view).
     pub layout: Layout,
+    /// [`Job::Align`] only: targets may hold the class `C` (one past the input's classes),
+    /// the "star" token, which scores this log-probability at every frame without a column
+    /// of its own. Finite.
+    pub star_score: Option<f64>,
 }
 
 impl Default for Options {
@@ -171,6 +175,7 @@ impl Default for Options {
             grad_wrt: GradWrt::LogProbs,
             input_kind: InputKind::LogProbs,
             layout: Layout::Tnc,
+            star_score: None,
         }
     }
 }

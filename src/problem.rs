@@ -114,6 +114,12 @@ pub fn validate<'a, F>(
         }
     }
     let blank = resolve_blank(blank, classes)?;
+    if let Some(value) = options.star_score {
+        if !value.is_finite() {
+            return Err(CtcError::StarScore { value });
+        }
+    }
+    let star = options.star_score.is_some();
 
     check_batch_size("input_lengths", input_lengths.len(), batch)?;
     check_batch_size("target_lengths", target_lengths.len(), batch)?;
@@ -162,7 +168,7 @@ pub fn validate<'a, F>(
                 Targets::Padded(rows) => rows[[n, position]],
                 Targets::Concatenated(flat) => flat[offset + position],
             };
-            labels.push(check_label(n, position, value, classes, blank)?);
+            labels.push(check_label(n, position, value, classes, blank, star)?);
         }
         offset += target_len;
         samples.push(Sample {
@@ -228,20 +234,24 @@ fn check_length(
     }
 }
 
+/// A label in `[0, C)`, or `[0, C]` with a star token (`star`: the class `C`).
 fn check_label(
     sample: usize,
     position: usize,
     value: i64,
     classes: usize,
     blank: usize,
+    star: bool,
 ) -> Result<u32, CtcError> {
-    if value < 0 || value as u64 >= classes as u64 {
-        return Err(CtcError::Label {
-            sample,
-            position,
-            value,
-            classes,
-        });
+    let error = || CtcError::Label {
+        sample,
+        position,
+        value,
+        classes,
+        star,
+    };
+    if value < 0 || value as u64 >= classes as u64 + star as u64 {
+        return Err(error());
     }
     if value as usize == blank {
         return Err(CtcError::BlankInTarget {
@@ -252,12 +262,7 @@ fn check_label(
     }
     // Labels fit u32: C is an array dimension and a u32 holds any realistic vocabulary;
     // larger C is rejected rather than truncated.
-    u32::try_from(value).map_err(|_| CtcError::Label {
-        sample,
-        position,
-        value,
-        classes,
-    })
+    u32::try_from(value).map_err(|_| error())
 }
 
 #[cfg(test)]
@@ -346,5 +351,56 @@ mod tests {
             run([4, 4], [2, 1], -6),
             Err(CtcError::Blank { .. })
         ));
+    }
+
+    #[test]
+    fn a_star_score_admits_the_class_past_the_last() {
+        let lp = lp();
+        let padded = arr2(&[[1, 5], [5, 5]]);
+        let run = |star_score: Option<f64>| {
+            validate(
+                lp.view(),
+                Targets::Padded(padded.view()),
+                arr1(&[4, 4]).view(),
+                arr1(&[2, 2]).view(),
+                0,
+                Options {
+                    star_score,
+                    ..Options::default()
+                },
+            )
+        };
+        assert!(matches!(
+            run(None),
+            Err(CtcError::Label {
+                value: 5,
+                star: false,
+                ..
+            })
+        ));
+        assert_eq!(run(Some(0.0)).unwrap().labels_of(1), &[5, 5]);
+        let wide = arr2(&[[6, 1], [1, 1]]);
+        let err = validate(
+            lp.view(),
+            Targets::Padded(wide.view()),
+            arr1(&[4, 4]).view(),
+            arr1(&[2, 2]).view(),
+            0,
+            Options {
+                star_score: Some(-1.0),
+                ..Options::default()
+            },
+        );
+        assert!(matches!(
+            err,
+            Err(CtcError::Label {
+                value: 6,
+                star: true,
+                ..
+            })
+        ));
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(matches!(run(Some(bad)), Err(CtcError::StarScore { .. })));
+        }
     }
 }

@@ -255,6 +255,7 @@ fn parse_options(
         grad_wrt: GradWrt::parse(grad_wrt).map_err(to_py_err)?,
         input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
         layout: Layout::parse(layout).map_err(to_py_err)?,
+        star_score: None,
     })
 }
 
@@ -320,6 +321,7 @@ fn posteriors<'py>(
         grad_wrt: GradWrt::LogProbs,
         input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
         layout: Layout::parse(layout).map_err(to_py_err)?,
+        star_score: None,
     };
     let arrays = Arrays {
         targets,
@@ -332,7 +334,8 @@ fn posteriors<'py>(
 
 /// The best path of every sample: `(labels, scores, spans, path_scores)`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, input_kind="log_probs"))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, input_kind="log_probs", star_score=None))]
+#[allow(clippy::too_many_arguments)]
 fn align<'py>(
     py: Python<'py>,
     log_probs: &Bound<'py, PyAny>,
@@ -341,9 +344,11 @@ fn align<'py>(
     target_lengths: PyReadonlyArray1<'py, i64>,
     blank: i64,
     input_kind: &str,
+    star_score: Option<f64>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let options = Options {
         input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
+        star_score,
         ..Options::default()
     };
     let arrays = Arrays {

@@ -296,3 +296,85 @@ def logits_grad_from_log_probs_grad(grad_log_probs, log_probs) -> np.ndarray:
     g = np.asarray(grad_log_probs, dtype=np.float64)
     p = np.exp(np.asarray(log_probs, dtype=np.float64))
     return g - p * np.sum(g, axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------
+# best paths (forced alignment), for the aligner's tests
+
+
+def viterbi_path(log_probs, target, blank: int = 0, star_score=None) -> tuple[float, list]:
+    """The best path of one sample by a plain max-product DP with back-pointers.
+
+    Ties follow fastctc's documented rule: a state prefers staying, then advancing by one,
+    then skipping a blank; the path ends in the final blank when it ties with the last label.
+    ``star_score``: the class ``C`` (one past the columns) scores it at every frame.
+    Returns ``(score, path)``, ``(-inf, None)`` when no path has a finite score.
+    """
+    lp = np.asarray(log_probs, dtype=np.float64)
+    num_frames, num_classes = lp.shape
+    blank = normalize_blank(blank, num_classes)
+    ext = extend_target(target, blank)
+
+    def emit(t: int, c: int) -> float:
+        return float(star_score) if c == num_classes else float(lp[t, c])
+
+    if num_frames == 0:
+        return (0.0, []) if not target else (NEG_INF, None)
+    best = [[NEG_INF] * len(ext) for _ in range(num_frames)]
+    back = [[0] * len(ext) for _ in range(num_frames)]
+    best[0][0] = emit(0, ext[0])
+    if len(ext) > 1:
+        best[0][1] = emit(0, ext[1])
+    for t in range(1, num_frames):
+        for s, c in enumerate(ext):
+            choice, step = best[t - 1][s], 0
+            if s >= 1 and best[t - 1][s - 1] > choice:
+                choice, step = best[t - 1][s - 1], 1
+            if s >= 2 and c != blank and ext[s - 2] != c and best[t - 1][s - 2] > choice:
+                choice, step = best[t - 1][s - 2], 2
+            best[t][s] = choice + emit(t, c)
+            back[t][s] = step
+    end = len(ext) - 1
+    if len(ext) > 1 and best[-1][end - 1] > best[-1][end]:
+        end -= 1
+    score = best[-1][end]
+    if not math.isfinite(score):
+        return score, None
+    path = [0] * num_frames
+    for t in range(num_frames - 1, -1, -1):
+        path[t] = ext[end]
+        end -= back[t][end]
+    return score, path
+
+
+def brute_force_best(log_probs, target, blank: int = 0, star_score=None) -> tuple[float, list]:
+    """The highest-scoring path by enumerating all (C+1)**T paths (the extra class is the star
+    when ``star_score`` is given). Only for T, C tiny; ties give the first path found."""
+    lp = np.asarray(log_probs, dtype=np.float64)
+    num_frames, num_classes = lp.shape
+    blank = normalize_blank(blank, num_classes)
+    target = [int(v) for v in target]
+    classes = num_classes + (star_score is not None)
+    best_score, best_path = NEG_INF, None
+    for path in itertools.product(range(classes), repeat=num_frames):
+        if collapse(path, blank) == target:
+            score = sum(
+                float(star_score) if c == num_classes else lp[t, c] for t, c in enumerate(path)
+            )
+            if score > best_score:
+                best_score, best_path = score, list(path)
+    return best_score, best_path
+
+
+def token_runs(tokens, scores, blank: int = 0) -> list[tuple[int, int, int, float]]:
+    """(token, start, end, mean score) of each run of equal non-blank tokens, by a loop."""
+    runs = []
+    t = 0
+    while t < len(tokens):
+        end = t
+        while end < len(tokens) and tokens[end] == tokens[t]:
+            end += 1
+        if tokens[t] != blank:
+            runs.append((int(tokens[t]), t, end, sum(float(v) for v in scores[t:end]) / (end - t)))
+        t = end
+    return runs

@@ -7,12 +7,22 @@ import doctest
 import fastctc
 import fastctc.__main__
 import fastctc.alignment
+import fastctc.words
+from conftest import require_torch
 
 
 def test_docstring_examples_run() -> None:
-    for module in (fastctc, fastctc.__main__, fastctc.alignment):
+    for module in (fastctc, fastctc.__main__, fastctc.alignment, fastctc.words):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, f"{module.__name__}: {result.failed} doctest(s) failed"
+
+
+def test_torch_alignment_docstring_examples_run() -> None:
+    require_torch()
+    import fastctc._torch_align
+
+    result = doctest.testmod(fastctc._torch_align, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_cli_info_and_demo_run(capsys) -> None:

@@ -132,3 +132,18 @@ def test_the_same_calls_compute_with_room():
         headroom=1024 * _MIB,
     )
     assert out == "computed", out
+
+
+def test_a_long_alignment_runs_in_bounded_memory():
+    # T=20,000 frames against S=8,000 tokens: 3.2e8 lattice cells, 320 MiB of back-pointers
+    # at a byte per cell. The aligner keeps at most 64 MiB of them (two-bit, by segments
+    # recomputed from checkpoints), so 160 MiB of address space is enough.
+    out = _run_capped(
+        """
+        lp = broadcast(20000, 1, 8)
+        result = fastctc.ctc_align(lp, np.tile([1, 2], 4000)[None, :], [20000], [8000])
+        assert result.ok[0] and result.spans[0, -1, 1] <= 20000
+        """,
+        headroom=160 * _MIB,
+    )
+    assert out == "computed", out

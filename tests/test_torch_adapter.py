@@ -634,5 +634,11 @@ def test_docstring_examples():
 
 
 def test_module_exports():
-    assert set(fastctc_torch.__all__) == {"CTCLoss", "ctc_loss"}
+    assert set(fastctc_torch.__all__) == {
+        "CTCLoss",
+        "TokenSpan",
+        "ctc_loss",
+        "forced_align",
+        "merge_tokens",
+    }
     assert os.path.basename(fastctc_torch.__file__) == "torch.py"

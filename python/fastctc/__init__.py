@@ -35,22 +35,35 @@ from fastctc._core import empty_cache as _empty_cache
 from fastctc._core import gpu_info as _gpu_info
 from fastctc._core import posteriors as _posteriors
 from fastctc._core import set_num_threads as _set_num_threads
-from fastctc.alignment import Alignment, ctc_align, frames_to_seconds
+from fastctc.alignment import (
+    Alignment,
+    TokenSpan,
+    ctc_align,
+    forced_align,
+    frames_to_seconds,
+    merge_tokens,
+)
+from fastctc.words import WordSpan, align_words
 
 __all__ = [
     "Alignment",
     "CTCInputError",
     "CTCTypeError",
     "GpuUnavailableError",
+    "TokenSpan",
+    "WordSpan",
     "__version__",
+    "align_words",
     "ctc_align",
     "ctc_loss",
     "ctc_loss_and_grad",
     "ctc_posteriors",
     "empty_cache",
+    "forced_align",
     "frames_to_seconds",
     "get_num_threads",
     "gpu_info",
+    "merge_tokens",
     "set_num_threads",
     "simd_features",
 ]

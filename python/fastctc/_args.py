@@ -114,6 +114,17 @@ def integer(value: object, name: str) -> int:
         raise CTCTypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
 
 
+def real(value: object, name: str) -> float:
+    """A real-number argument (anything ``float()`` takes but strings), else
+    :class:`CTCTypeError`; the core checks its value."""
+    if isinstance(value, (str, bytes)):
+        raise CTCTypeError(f"{name}: expected a number, got {type(value).__name__}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise CTCTypeError(f"{name}: expected a number, got {type(value).__name__}") from None
+
+
 def check_choice(value: object, name: str, allowed: Sequence[str]) -> str:
     """For options the core never receives (those of ``ctc_align``); the core validates the
     others itself, with the same wording."""

@@ -52,6 +52,7 @@ def align(
     target_lengths: np.ndarray,
     blank: int,
     input_kind: str = "log_probs",
+    star_score: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The best path of every sample: (labels, scores, spans, path_scores)."""
 

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 import fastctc
+from fastctc._torch_align import TokenSpan, forced_align, merge_tokens
 from fastctc._torch_common import (
     _AUTOCAST_DEVICES,
     _FLOAT32,
@@ -75,7 +76,7 @@ from fastctc._torch_common import (
 )
 from fastctc._torch_traced import _traced_ctc_loss
 
-__all__ = ["CTCLoss", "ctc_loss"]
+__all__ = ["CTCLoss", "TokenSpan", "ctc_loss", "forced_align", "merge_tokens"]
 
 
 class _CTCFunction(torch.autograd.Function):

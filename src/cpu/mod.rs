@@ -28,6 +28,16 @@ pub use fastmath::FastMath;
 pub use lattice::Workspace;
 pub use lockstep::GroupWorkspace;
 pub use sample::{GradSpec, SampleRef};
+
+/// Bytes the aligner's workspace holds for a sample of `input_len` frames and `states`
+/// lattice states (its checkpoints and one segment's back-pointers, see `viterbi.rs`).
+pub fn alignment_table_bytes(input_len: usize, states: usize) -> Option<usize> {
+    viterbi::workspace_bytes(
+        input_len,
+        states,
+        viterbi::segment_frames(input_len, states),
+    )
+}
 use workspaces::KeptWorkspaces;
 
 use crate::error::CtcError;
@@ -363,6 +373,11 @@ pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
         .map(|(n, (((labels, scores), spans), score))| (n, labels, scores, spans, score))
         .collect();
     jobs.sort_by_key(|job| Reverse(problem.samples[job.0].cost()));
+    // For tests: frames per segment of the bounded-memory aligner, read on every call.
+    let segment_override = std::env::var("FASTCTC_ALIGN_SEGMENT_FRAMES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&v| v > 0);
     for_each_job(
         jobs,
         total_work(problem, false),
@@ -373,7 +388,11 @@ pub fn align<F: CpuFloat>(problem: &Problem<'_, F>) -> AlignmentOutput<F> {
                 scores,
                 spans,
             };
-            *score = workspaces::VITERBI_WORKSPACES.with(|ws| viterbi::align(&x, ws, rows));
+            let star = problem.options.star_score;
+            let segment = segment_override
+                .unwrap_or_else(|| viterbi::segment_frames(x.input_len, 2 * x.labels.len() + 1));
+            *score = workspaces::VITERBI_WORKSPACES
+                .with(|ws| viterbi::align(&x, star, segment, ws, rows));
         },
     );
     out
