@@ -1,7 +1,7 @@
 # One entry point for humans and CI.
 #   make demo   install fastctc and compute a real batch's loss and gradient
 #   make test   install the test dependencies, lint, and run the whole test suite
-#   make lint   formatting and lints only (Rust and Python)
+#   make lint   formatting and lints only (Rust, Python and the release workflow)
 #   make bench  fastctc vs torch, side by side (not part of the tests)
 #   make wheel  the release wheel and the sdist into dist/ (TARGET=aarch64: the Linux aarch64
 #               wheel, cross-built); make install-wheel installs it to run the tests against
@@ -16,6 +16,8 @@ export FASTCTC_REQUIRE_GPU ?= 1
 export NODEVICE_SELECT ?= 1
 SYSTEM_PACKAGES := mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
 
+# Where pip put the command-line tools of $(PYTHON)'s environment (zizmor has no module).
+SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 # The one version number, Cargo.toml's (maturin gives it to the Python package).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 # Release wheels: TARGET is an architecture (x86_64, aarch64) to build for instead of
@@ -65,6 +67,8 @@ lint:
 	cargo clippy --all-targets --features python,gpu -- -D warnings
 	$(PYTHON) -m ruff check python tests benches examples
 	$(PYTHON) -m ruff format --check python tests benches examples
+	# The release workflow: GitHub's workflow schema and zizmor's static analysis, offline.
+	$(SCRIPTS)/zizmor --offline --strict-collection --no-progress .github/workflows
 
 test-rust:
 	cargo test
@@ -103,7 +107,7 @@ ifeq ($(HOST_OS),Linux)
 endif
 
 # Installs the wheel in dist/ that fits this machine, then the test dependencies, so that
-# `make test-python` runs against the installed wheel .
+# `make test-python` runs against the installed wheel (the release workflow does this).
 install-wheel: system-deps
 	$(PIP) install --force-reinstall --no-deps --no-index --find-links dist \
 		--only-binary fastctc "fastctc==$(VERSION)"
