@@ -102,8 +102,10 @@ release-deps:
 wheel: release-deps
 	$(MATURIN_BUILD)
 ifeq ($(HOST_OS),Linux)
-	$(PYTHON) -m auditwheel show dist/fastctc-$(VERSION)-cp310-abi3-manylinux_*_$(WHEEL_ARCH).whl \
-		| tee /dev/stderr | tr '\n' ' ' | grep -Eq 'platform +tag: *"manylinux_2_(1[0-9]|2[0-8])_'
+	@report=$$($(PYTHON) -m auditwheel show \
+		dist/fastctc-$(VERSION)-cp310-abi3-manylinux_*_$(WHEEL_ARCH).whl) && echo "$$report" && \
+	echo "$$report" | tr '\n' ' ' | grep -Eq 'platform +tag: *"manylinux_2_(1[0-9]|2[0-8])_' || \
+	{ echo "auditwheel: not a manylinux wheel for glibc 2.28 or older"; exit 1; }
 endif
 
 # Installs the wheel in dist/ that fits this machine, then the test dependencies, so that
