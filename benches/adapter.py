@@ -7,6 +7,7 @@ Usage::
     python benches/adapter.py --shapes "docs example" --threads 2 --budget 5
     python benches/adapter.py --calls 1           # single cold calls instead of short bursts
     python benches/adapter.py --markdown adapter.md
+    python benches/adapter.py --compact --threads 2    # also the compact route, CPU tensors
 
 What is timed, per shape (T, N, C, S) and thread count, forward and backward together:
 
@@ -20,7 +21,11 @@ What is timed, per shape (T, N, C, S) and thread count, forward and backward tog
   :class:`torch.autograd.Function` (NumPy inputs ready, outputs wrapped without copies, the
   saved gradient returned as is) and ``loss.backward()``: the least any autograd wrapper costs,
   so that ``floor - raw`` is torch's share of the overhead and ``adapter - floor`` the
-  adapter's own.
+  adapter's own;
+* with ``--compact``, ``compact``: the adapter forced onto its compact route
+  (``FASTCTC_TORCH_COMPACT=1``, python/fastctc/_torch_compact.py: gather each sample's columns,
+  compute the compact problem, scatter the gradient into a zero ``(T, N, C)`` tensor), the
+  route tensors off the CPU take; on CPU tensors it shows what the gather and scatter cost.
 
 Inputs are float32 ``log_softmax`` of standard normal logits, targets uniform in [1, C), full
 lengths, blank 0, reduction ``"mean"`` (the shapes and inputs of ``benches/compare.py``).
@@ -60,6 +65,7 @@ import fastctc
 import fastctc.torch as fastctc_torch
 import numpy as np
 import torch
+from fastctc._torch_compact import ENV as COMPACT_ENV
 from shapes import shapes_for
 
 # name -> (T, N, C, S), from benches/shapes.csv (shared with the other benchmarks).
@@ -68,7 +74,7 @@ SHAPES = shapes_for("adapter")
 TARGET_PERCENT = {"docs example": 10.0}
 DEFAULT_TARGET_PERCENT = 2.0
 
-RAW, FLOOR, ADAPTER, TORCH = "raw", "floor", "adapter", "torch"
+RAW, FLOOR, ADAPTER, COMPACT, TORCH = "raw", "floor", "adapter", "compact", "torch"
 
 # --------------------------------------------------------------------------------------------
 # Problems and contenders
@@ -180,26 +186,38 @@ class Floor(Contender):
         self.leaf.grad = None
 
 
-def contenders(p: Problem, with_floor: bool) -> dict[str, Contender]:
+def compact_ctc_loss(*args: torch.Tensor) -> torch.Tensor:
+    """``fastctc.torch.ctc_loss`` on its compact route (the variable is read on every call)."""
+    os.environ[COMPACT_ENV] = "1"
+    try:
+        return fastctc_torch.ctc_loss(*args)
+    finally:
+        del os.environ[COMPACT_ENV]
+
+
+def contenders(p: Problem, with_floor: bool, with_compact: bool) -> dict[str, Contender]:
     result: dict[str, Contender] = {RAW: Raw(p)}
     if with_floor:
         result[FLOOR] = Floor(p)
     result[ADAPTER] = Autograd(p, fastctc_torch.ctc_loss)
+    if with_compact:
+        result[COMPACT] = Autograd(p, compact_ctc_loss)
     result[TORCH] = Autograd(p, torch.nn.functional.ctc_loss)
     return result
 
 
-def check(p: Problem) -> None:
-    """The adapter's loss and gradient must be the raw call's, bit for bit."""
+def check(p: Problem, with_compact: bool) -> None:
+    """The adapter's loss and gradient (on either route) must be the raw call's, bit for bit."""
     loss, grad = fastctc.ctc_loss_and_grad(
         p.log_probs, p.targets, p.input_lengths, p.target_lengths
     )
-    leaf, targets, input_lengths, target_lengths = tensors(p)
-    ours = fastctc_torch.ctc_loss(leaf, targets, input_lengths, target_lengths)
-    ours.backward()
-    assert leaf.grad is not None
-    if not (np.array_equal(ours.detach().numpy(), loss) and np.array_equal(leaf.grad, grad)):
-        raise AssertionError("the adapter's loss or gradient differs from the raw call's")
+    for loss_fn in (fastctc_torch.ctc_loss, compact_ctc_loss)[: 1 + with_compact]:
+        leaf, targets, input_lengths, target_lengths = tensors(p)
+        ours = loss_fn(leaf, targets, input_lengths, target_lengths)
+        ours.backward()
+        assert leaf.grad is not None
+        if not (np.array_equal(ours.detach().numpy(), loss) and np.array_equal(leaf.grad, grad)):
+            raise AssertionError(f"{loss_fn.__name__}: loss or gradient differs from the raw one")
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +232,7 @@ class Timing:
     burst_seconds: float
     calls: int | None  # calls per burst; None: from burst_seconds
     floor: bool  # also time the autograd floor
+    compact: bool  # also time the compact route
 
 
 @dataclass
@@ -255,7 +274,7 @@ def calls_per_burst(contender: Contender, timing: Timing) -> int:
 def measure(shape: str, threads: int, p: Problem, timing: Timing) -> Cell:
     fastctc.set_num_threads(threads)
     torch.set_num_threads(threads)
-    named = list(contenders(p, timing.floor).items())
+    named = list(contenders(p, timing.floor, timing.compact).items())
     shuffle = random.Random(f"{shape}/{threads}").shuffle
     cell = Cell(shape, threads)
     for name, contender in named:
@@ -328,6 +347,7 @@ def markdown(cells: Sequence[Cell], command: str, load_before: float, load_after
     rounds = [len(s) for c in cells for s in c.samples.values()]
     calls = sorted({n for c in cells for n in c.calls.values()})
     floor = FLOOR in cells[0].samples
+    compact = COMPACT in cells[0].samples
     burst_note = (
         "single calls" if calls == [1] else f"bursts of {calls[0]}–{calls[-1]} calls (per call)"
     )
@@ -351,10 +371,16 @@ def markdown(cells: Sequence[Cell], command: str, load_before: float, load_after
             "wrapped without copies, saved gradient returned as is) and `loss.backward()`: "
             "what torch's autograd costs any wrapper"
         )
+    if compact:
+        lines.append(
+            "- compact: the adapter on its compact route (`FASTCTC_TORCH_COMPACT=1`), the "
+            "route of tensors off the CPU: columns gathered, gradient scattered back"
+        )
     lines.append("")
     header = ["shape", "T, N, C, S", "threads", "raw ms"]
     header += ["floor ms", "floor overhead"] if floor else []
     header += ["adapter ms", "torch ms", "adapter overhead", "torch ÷ adapter"]
+    header += ["compact ms", "compact ÷ adapter"] if compact else []
     rows = []
     over = False
     for c in cells:
@@ -368,6 +394,8 @@ def markdown(cells: Sequence[Cell], command: str, load_before: float, load_after
         row += [fmt_ms(c.ms(ADAPTER)), fmt_ms(c.ms(TORCH))]
         row.append(f"{overhead:+.1f}%" + ("" if overhead < target else " ✗"))
         row.append(f"{c.ms(TORCH) / c.ms(ADAPTER):.2f}×")
+        if compact:
+            row += [fmt_ms(c.ms(COMPACT)), f"{c.ms(COMPACT) / c.ms(ADAPTER):.2f}×"]
         rows.append(row)
     lines.append(table(header, rows, numeric_from=2))
     if over:
@@ -422,6 +450,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--floor", action="store_true", help="also time the autograd floor (see the docstring)"
     )
+    parser.add_argument(
+        "--compact", action="store_true", help="also time the compact route (see the docstring)"
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -441,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         burst_seconds=args.burst_ms / 1e3,
         calls=args.calls,
         floor=args.floor,
+        compact=args.compact,
     )
     command = "python benches/adapter.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
@@ -449,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = []
     for shape in shapes:
         problem = make_problem(SHAPES[shape], seed=0)
-        check(problem)
+        check(problem, args.compact)
         for threads in thread_counts:
             print(f"{shape}, {threads} thread(s)", file=sys.stderr, flush=True)
             cells.append(measure(shape, threads, problem, timing))

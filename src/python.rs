@@ -17,7 +17,7 @@ use crate::call::{self, Batch, Outcome};
 use crate::error::{CtcError, ErrorKind};
 use crate::options::{Device, GradWrt, InputKind, Job, Layout, Options, Reduction};
 use crate::output::CtcOutput;
-use crate::problem::Targets;
+use crate::problem::{validate, Targets};
 use crate::real::Real;
 use crate::{cpu, threads};
 
@@ -360,6 +360,64 @@ fn align<'py>(
     dispatch(py, log_probs, &arrays, options, Job::Align, Device::Cpu)
 }
 
+/// Validates a batch exactly as `ctc` does (the device and options, then the data), without
+/// computing anything or reading `log_probs`' values: a broadcast view of the right shape and
+/// dtype will do. Returns `(blank, labels)`: the blank in `[0, C)` and every sample's labels
+/// back to back. The torch adapter's compact path checks the whole batch with it before it
+/// gathers the columns the samples read, so that bad input raises what the dense path raises.
+#[pyfunction]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device="cpu"))]
+#[allow(clippy::too_many_arguments)]
+fn validate_batch<'py>(
+    py: Python<'py>,
+    log_probs: &Bound<'py, PyAny>,
+    targets: PyReadonlyArrayDyn<'py, i64>,
+    input_lengths: PyReadonlyArray1<'py, i64>,
+    target_lengths: PyReadonlyArray1<'py, i64>,
+    blank: i64,
+    reduction: &str,
+    zero_infinity: bool,
+    device: &str,
+) -> PyResult<(usize, Bound<'py, PyAny>)> {
+    Device::parse(device).map_err(to_py_err)?;
+    let options = parse_options(reduction, zero_infinity, "log_probs", "log_probs", "TNC")?;
+    let arrays = Arrays {
+        targets,
+        input_lengths,
+        target_lengths,
+        blank,
+    };
+    let (blank, labels) = if let Ok(array) = log_probs.cast::<PyArray3<f32>>() {
+        validated_labels(array, &arrays, options)?
+    } else if let Ok(array) = log_probs.cast::<PyArray3<f64>>() {
+        validated_labels(array, &arrays, options)?
+    } else {
+        return Err(to_py_err(CtcError::LogProbsDtype {
+            allowed: "float32 or float64",
+        }));
+    };
+    Ok((blank, labels.into_pyarray(py).into_any()))
+}
+
+/// [`validate_batch`] for one float type: the resolved blank and the labels.
+fn validated_labels<F: Float>(
+    log_probs: &Bound<'_, PyArray3<F>>,
+    arrays: &Arrays<'_>,
+    options: Options,
+) -> PyResult<(usize, Vec<u32>)> {
+    let log_probs = log_probs.try_readonly()?;
+    let problem = validate(
+        log_probs.as_array(),
+        targets_of(&arrays.targets)?,
+        arrays.input_lengths.as_array(),
+        arrays.target_lengths.as_array(),
+        arrays.blank,
+        options,
+    )
+    .map_err(to_py_err)?;
+    Ok((problem.blank, problem.labels))
+}
+
 /// The GPU adapter as a dict (name, backend, device type, driver, limits), or None when there
 /// is none (or the build has no GPU backend). Opens the adapter on first use.
 #[pyfunction]
@@ -513,6 +571,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ctc, m)?)?;
     m.add_function(wrap_pyfunction!(posteriors, m)?)?;
     m.add_function(wrap_pyfunction!(align, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_batch, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;

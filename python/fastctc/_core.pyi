@@ -56,6 +56,19 @@ def align(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The best path of every sample: (labels, scores, spans, path_scores)."""
 
+def validate_batch(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    input_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    blank: int,
+    reduction: str,
+    zero_infinity: bool,
+    device: str = "cpu",
+) -> tuple[int, np.ndarray]:
+    """Validates a normalised batch as ``ctc`` does, without reading ``log_probs``' values:
+    returns the resolved blank and every sample's labels back to back (uint32)."""
+
 def set_num_threads(threads: int) -> None:
     """Sets the number of worker threads for later calls (at least 1)."""
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 import fastctc
-from fastctc import _args
+from fastctc import _args, _torch_compact
 from fastctc._torch_common import (
     _AUTOCAST_DEVICES,
     _functorch_active,
@@ -30,6 +30,20 @@ from fastctc._torch_common import (
 # --------------------------------------------------------------------------------------------
 
 
+def _compact(log_probs: Tensor, args: tuple, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """An operator's computation on the compact route (``_torch_compact``): what runs when
+    a compiled graph meets the operator with a tensor off the CPU."""
+    targets, input_lengths, target_lengths, *options = args
+    return _torch_compact.loss_and_grad(
+        log_probs,
+        _to_numpy(targets, "targets"),
+        _to_numpy(input_lengths, "input_lengths"),
+        _to_numpy(target_lengths, "target_lengths"),
+        *options,
+        with_grad=with_grad,
+    )
+
+
 @torch.library.custom_op("fastctc::ctc_loss", mutates_args=())
 def _ctc_loss_op(
     log_probs: Tensor,
@@ -42,6 +56,12 @@ def _ctc_loss_op(
     device: str,
 ) -> Tensor:
     """The CTC loss only (no gradient is computed)."""
+    if _torch_compact.wanted(log_probs):
+        return _compact(
+            log_probs,
+            (targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device),
+            with_grad=False,
+        )[0]
     loss = fastctc.ctc_loss(
         _to_numpy(log_probs, "log_probs"),
         _to_numpy(targets, "targets"),
@@ -78,6 +98,12 @@ def _ctc_loss_and_grad_op(
     The gradient is that of the reduced loss (for ``"none"``: of ``loss.sum()``), in the dtype
     of ``log_probs`` (float32 for float16 / bfloat16 inputs).
     """
+    if _torch_compact.wanted(log_probs):
+        return _compact(
+            log_probs,
+            (targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device),
+            with_grad=True,
+        )
     loss, grad = fastctc.ctc_loss_and_grad(
         _to_numpy(log_probs, "log_probs"),
         _to_numpy(targets, "targets"),

@@ -8,10 +8,13 @@ Change one import and keep the rest of a training script::
 
 The loss and its gradient are computed by :func:`fastctc.ctc_loss_and_grad`; this module only
 moves tensors to and from NumPy (views, without copies, for CPU float32/float64 tensors) and
-scales the saved gradient by the upstream gradient in the backward pass. The gradient that
-reaches ``log_probs`` is the true gradient ``d loss / d log_probs`` (it passes
-:func:`torch.autograd.gradcheck`); through ``log_softmax`` it gives the same logits gradients as
-torch's own ``ctc_loss``.
+scales the saved gradient by the upstream gradient in the backward pass. A tensor off the CPU
+takes the compact route (:mod:`fastctc._torch_compact`): only the columns each sample reads,
+gathered on its device, cross to the host, and the gradient is scattered back on the device
+(``FASTCTC_TORCH_COMPACT=1`` forces the route for CPU tensors, ``0`` turns it off). The
+gradient that reaches ``log_probs`` is the true gradient ``d loss / d log_probs`` (it passes
+:func:`torch.autograd.gradcheck`); through ``log_softmax`` it gives the same logits gradients
+as torch's own ``ctc_loss``.
 
 Two routes lead to the same computation:
 
@@ -57,6 +60,7 @@ import torch
 from torch import Tensor
 
 import fastctc
+from fastctc import _torch_compact
 from fastctc._torch_align import TokenSpan, forced_align, merge_tokens
 from fastctc._torch_common import (
     _AUTOCAST_DEVICES,
@@ -89,23 +93,29 @@ class _CTCFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_probs: Tensor, args: tuple) -> Tensor:
-        targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device = args
-        loss, grad = fastctc.ctc_loss_and_grad(
-            _to_numpy(log_probs, "log_probs"),
-            targets,
-            input_lengths,
-            target_lengths,
-            blank,
-            reduction,
-            zero_infinity,
-            device=device,
-        )
+        *call, compact = args
+        targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device = call
         dtype = log_probs.dtype
         low_precision = dtype in _LOW_PRECISION
-        ctx.save_for_backward(_to_torch(grad, log_probs, _FLOAT32 if low_precision else dtype))
+        if compact:  # the columns the loss reads, on the tensor's device (_torch_compact)
+            loss, grad = _torch_compact.loss_and_grad(log_probs, *call, with_grad=True)
+        else:
+            loss_array, grad_array = fastctc.ctc_loss_and_grad(
+                _to_numpy(log_probs, "log_probs"),
+                targets,
+                input_lengths,
+                target_lengths,
+                blank,
+                reduction,
+                zero_infinity,
+                device=device,
+            )
+            loss = _to_torch(loss_array, log_probs, dtype)
+            grad = _to_torch(grad_array, log_probs, _FLOAT32 if low_precision else dtype)
+        ctx.save_for_backward(grad)
         ctx.per_sample = _per_sample(log_probs, reduction)
         ctx.cast_to = dtype if low_precision else None  # the gradient is saved in float32
-        return _to_torch(loss, log_probs, dtype)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:
@@ -154,9 +164,22 @@ def _eager_ctc_loss(
         input_lengths = _to_numpy(input_lengths, "input_lengths")
     if isinstance(target_lengths, Tensor):
         target_lengths = _to_numpy(target_lengths, "target_lengths")
+    compact = _torch_compact.wanted(log_probs)
     if log_probs.requires_grad and torch.is_grad_enabled():
         args = (targets, input_lengths, target_lengths, blank, reduction, zero_infinity, device)
-        return _CTCFunction.apply(log_probs, args)
+        return _CTCFunction.apply(log_probs, (*args, compact))
+    if compact:
+        return _torch_compact.loss_and_grad(
+            log_probs,
+            targets,
+            input_lengths,
+            target_lengths,
+            blank,
+            reduction,
+            zero_infinity,
+            device,
+            with_grad=False,
+        )[0]
     loss = fastctc.ctc_loss(
         _to_numpy(log_probs, "log_probs"),
         targets,
@@ -195,7 +218,8 @@ def ctc_loss(
     log_probs : Tensor, shape (T, N, C) or unbatched (T, C)
         Per-frame log-probabilities, normally ``log_softmax`` outputs (not required). float32
         or float64; float16 and bfloat16 are computed in float32. Any device (non-CPU tensors
-        are computed on the host) and any strides.
+        are computed on the host, from the blank and target columns gathered on the device)
+        and any strides.
     targets : Tensor of int, shape (N, S) padded, or 1-D concatenated, or (S,) unbatched
         Labels in ``[0, C)``, never ``blank``. Any integer dtype and device; a list also works.
     input_lengths : Tensor, list or tuple of int, shape (N,), or an int / 0-d tensor unbatched

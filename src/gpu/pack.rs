@@ -1,7 +1,8 @@
 //! Packing a chunk for the device: the `info` words and gradient factors (in the layout
 //! `contract.rs` states), the input rows, and the spans of frames its dispatches cover.
 
-use ndarray::s;
+use ndarray::{s, ArrayView2};
+use rayon::prelude::*;
 
 use super::contract::{
     Header, Sample, Span, FLAG_LOGITS_GRAD, FLAG_LOGITS_INPUT, HEADER, META, SKIP_BIT,
@@ -11,6 +12,7 @@ use super::GpuFloat;
 use crate::gradient::RowScale;
 use crate::options::{GradWrt, InputKind};
 use crate::problem::Problem;
+use crate::threads;
 
 /// Loop iterations one shader invocation may run in one dispatch. llvmpipe (Mesa's software
 /// driver, behind lavapipe and its GL driver) ends every loop of a shader once they have run
@@ -187,34 +189,177 @@ pub(super) fn frames_per_span<F>(
     (LOOP_BUDGET.saturating_sub(fixed) / worst).max(1)
 }
 
+/// Bytes of input rows one task of [`pack_rows`] copies: large enough that the thread pool's
+/// overhead (a few microseconds a task) is lost in the copy, small enough that a batch of a
+/// few long samples still splits evenly over the threads. A chunk up to this size is copied
+/// on the calling thread.
+const PIECE_BYTES: usize = 256 << 10;
+
 /// Writes each job's input rows, back to back in dispatch order, into `dst` (the mapped
-/// upload buffer): one copy from the caller's array. (Sequential: a mapped range cannot be
-/// shared between threads, and the copy is bound by memory bandwidth anyway.)
+/// upload buffer). On a host with many memory channels one core does not saturate them, so
+/// `dst` is split into disjoint pieces of about [`PIECE_BYTES`] (whole rows of one sample),
+/// copied on the crate's thread pool. (On the 2-vCPU development VM one thread already copies
+/// as fast as two, about 7.5 GB/s: there the split neither helps nor costs.)
 pub(super) fn pack_rows<F: GpuFloat>(
     problem: &Problem<'_, F>,
     chunk: &Chunk,
     dst: wgpu::WriteOnly<'_, [u8]>,
 ) {
+    pack_rows_in_pieces(problem, chunk, dst, PIECE_BYTES);
+}
+
+/// [`pack_rows`] with pieces of about `piece_bytes` (the tests make them small).
+fn pack_rows_in_pieces<F: GpuFloat>(
+    problem: &Problem<'_, F>,
+    chunk: &Chunk,
+    dst: wgpu::WriteOnly<'_, [u8]>,
+    piece_bytes: usize,
+) {
     let (_, _, classes) = problem.dims();
     let row_bytes = classes * std::mem::size_of::<F>();
+    let rows_per_piece = (piece_bytes / row_bytes.max(1)).max(1);
+    // Each piece owns its disjoint part of the mapping (split_at), so threads write it
+    // without sharing anything.
+    let mut pieces = Vec::new();
     let mut rest = dst;
-    let mut gathered: Vec<F> = Vec::new();
     for job in &chunk.jobs {
-        for src in problem
-            .log_probs
-            .slice(s![..job.t_len, job.n, ..])
-            .outer_iter()
-        {
-            let (mut row, tail) = rest.split_at(row_bytes);
-            match src.as_slice() {
-                Some(src) => row.copy_from_slice(bytemuck::cast_slice(src)),
-                None => {
-                    gathered.clear();
-                    gathered.extend(src.iter().copied());
-                    row.copy_from_slice(bytemuck::cast_slice(&gathered));
-                }
-            }
+        let mut t0 = 0;
+        while t0 < job.t_len {
+            let t1 = (t0 + rows_per_piece).min(job.t_len);
+            let (piece, tail) = rest.split_at((t1 - t0) * row_bytes);
+            pieces.push(Piece {
+                n: job.n,
+                frames: t0..t1,
+                dst: piece,
+            });
             rest = tail;
+            t0 = t1;
+        }
+    }
+    let copy = |piece: Piece<'_>| {
+        copy_rows(
+            problem.log_probs.slice(s![piece.frames, piece.n, ..]),
+            piece.dst,
+        );
+    };
+    if pieces.len() <= 1 {
+        pieces.into_iter().for_each(copy);
+    } else {
+        threads::install(|| pieces.into_par_iter().for_each(copy));
+    }
+}
+
+/// Frames `frames` of sample `n`, and the part of the upload buffer they go to.
+struct Piece<'a> {
+    n: usize,
+    frames: std::ops::Range<usize>,
+    dst: wgpu::WriteOnly<'a, [u8]>,
+}
+
+// SAFETY: a `WriteOnly<'_, [u8]>` is an exclusive, write-only borrow of its bytes, like a
+// `&mut [u8]`, which is `Send`. wgpu 30.0.1 declares `Send` for `WriteOnly<'_, T>` only for
+// sized `T` (an implicit `Sized` bound, gfx-rs/wgpu#10156, fixed upstream by #10163); drop
+// this once the crate is on a wgpu with that fix. `n` and `frames` are plain values.
+unsafe impl Send for Piece<'_> {}
+
+/// Copies `src`'s rows back to back into `dst`: one copy when they are one contiguous block
+/// (one sample of a batch-first input, or a batch of one), else one per row, gathering a row
+/// whose classes are strided.
+fn copy_rows<F: GpuFloat>(src: ArrayView2<'_, F>, mut dst: wgpu::WriteOnly<'_, [u8]>) {
+    if let Some(block) = src.as_slice() {
+        dst.copy_from_slice(bytemuck::cast_slice(block));
+        return;
+    }
+    let row_bytes = src.ncols() * std::mem::size_of::<F>();
+    let mut gathered: Vec<F> = Vec::new();
+    for row in src.outer_iter() {
+        let (mut out, tail) = dst.split_at(row_bytes);
+        match row.as_slice() {
+            Some(row) => out.copy_from_slice(bytemuck::cast_slice(row)),
+            None => {
+                gathered.clear();
+                gathered.extend(row.iter().copied());
+                out.copy_from_slice(bytemuck::cast_slice(&gathered));
+            }
+        }
+        dst = tail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array1, Array3, ArrayView3};
+
+    use super::super::plan::{self, Budget, Job};
+    use super::*;
+    use crate::options::Options;
+    use crate::problem::{validate, Targets};
+
+    /// Packs `log_probs` (any strides) with pieces of `piece_bytes`, and checks the buffer
+    /// against the rows read one element at a time, in the chunk's dispatch order.
+    fn check(log_probs: ArrayView3<'_, f32>, piece_bytes: usize) {
+        let (t, n, c) = log_probs.dim();
+        let input_lengths = Array1::from_shape_fn(n, |i| (t - i % t.max(1)) as i64);
+        let targets = Array1::<i64>::zeros(0);
+        let target_lengths = Array1::<i64>::zeros(n);
+        let problem = validate(
+            log_probs,
+            Targets::Concatenated(targets.view()),
+            input_lengths.view(),
+            target_lengths.view(),
+            0,
+            Options::default(),
+        )
+        .unwrap();
+        let budget = Budget {
+            buffer_bytes: 1 << 30,
+            workgroups: 65535,
+        };
+        let jobs = (0..n)
+            .map(|i| Job::new(i, input_lengths[i] as usize, &[], c, true, 4, budget).unwrap())
+            .collect();
+        let chunks = plan::plan(jobs, budget, 4);
+        assert_eq!(chunks.len(), 1);
+        let chunk = &chunks[0];
+        let mut expected: Vec<f32> = Vec::new();
+        for job in &chunk.jobs {
+            for frame in 0..job.t_len {
+                expected.extend((0..c).map(|k| log_probs[[frame, job.n, k]]));
+            }
+        }
+        let mut buffer = vec![0xAAu8; chunk.rows * 4 + 8];
+        pack_rows_in_pieces(
+            &problem,
+            chunk,
+            (&mut buffer[..chunk.rows * 4]).into(),
+            piece_bytes,
+        );
+        let packed: Vec<f32> = buffer[..chunk.rows * 4]
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(packed, expected, "piece_bytes {piece_bytes}");
+        assert!(
+            buffer[chunk.rows * 4..].iter().all(|&b| b == 0xAA),
+            "wrote past the rows"
+        );
+    }
+
+    #[test]
+    fn rows_are_packed_in_dispatch_order_for_any_strides_and_pieces() {
+        let (t, n, c) = (37, 5, 6);
+        let values =
+            Array3::from_shape_fn((t, n, 2 * c), |(i, j, k)| -((i * 1000 + j * 50 + k) as f32));
+        let tnc = values.slice(s![.., .., ..c]).to_owned();
+        let ntc = tnc.view().permuted_axes([1, 0, 2]).to_owned();
+        let ntc_as_tnc = ntc.view().permuted_axes([1, 0, 2]); // each sample one block
+        let strided = values.slice(s![.., .., ..;2]); // classes two apart: gathered rows
+        let one = tnc.slice(s![.., 2..3, ..]); // a batch of one: one block
+        for piece_bytes in [1, 3 * c * 4, 7 * c * 4 + 5, PIECE_BYTES] {
+            check(tnc.view(), piece_bytes);
+            check(ntc_as_tnc, piece_bytes);
+            check(strided, piece_bytes);
+            check(one, piece_bytes);
         }
     }
 }
