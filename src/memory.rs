@@ -31,14 +31,29 @@ const PER_SAMPLE_BYTES: usize = 192;
 pub fn check<F>(problem: &Problem<'_, F>, job: Job) -> Result<(), CtcError> {
     let (t_max, batch, classes) = problem.dims();
     let value = std::mem::size_of::<F>();
+    let table_of = |s: &crate::problem::Sample| {
+        table_bytes(job, s.input_len, 2 * s.target_len() + 1, value).unwrap_or(usize::MAX)
+    };
+    // Most calls need far less than any check looks at: every table at once, the output and
+    // the bookkeeping together stay below the threshold, so each of them does too.
+    let all_tables = problem
+        .samples
+        .iter()
+        .fold(0usize, |sum, s| sum.saturating_add(table_of(s)));
+    let output_bytes = output_bytes(job, t_max, batch, classes, value);
+    let upper = all_tables
+        .saturating_add(output_bytes.unwrap_or(usize::MAX))
+        .saturating_add(batch.saturating_mul(PER_SAMPLE_BYTES));
+    if upper < CHECK_FROM_BYTES {
+        return Ok(());
+    }
     // Every pool thread (at most one per sample) keeps the table of the sample it runs.
     let in_flight = crate::threads::num_threads().clamp(1, batch);
     // The largest tables, one per thread (`usize::MAX`: past the address space); kept in a
     // list of at most `in_flight` entries, since a list per sample could itself be too large.
     let mut tables: Vec<usize> = Vec::with_capacity(in_flight + 1);
     for s in &problem.samples {
-        let bytes = table_bytes(job, s.input_len, 2 * s.target_len() + 1, value);
-        let bytes = bytes.unwrap_or(usize::MAX);
+        let bytes = table_of(s);
         if tables.len() < in_flight || bytes > tables[in_flight - 1] {
             let at = tables.partition_point(|&b| b >= bytes);
             tables.insert(at, bytes);
@@ -48,18 +63,15 @@ pub fn check<F>(problem: &Problem<'_, F>, job: Job) -> Result<(), CtcError> {
     let largest = tables
         .first()
         .map_or(Some(0), |&b| (b != usize::MAX).then_some(b));
-    let (table_what, output_what, output) = match job {
-        Job::Loss => ("the forward rows of the longest sample", "", Some(0)),
-        Job::LossAndGrad | Job::Posteriors => (
-            "the forward table of the longest sample",
-            "the gradient",
-            product(&[t_max, batch, classes, value]),
-        ),
-        // Labels (i64) and scores per frame and sample.
+    let output = output_bytes;
+    let (table_what, output_what) = match job {
+        Job::Loss => ("the forward rows of the longest sample", ""),
+        Job::LossAndGrad | Job::Posteriors => {
+            ("the forward table of the longest sample", "the gradient")
+        }
         Job::Align => (
             "the back pointers of the longest sample",
             "the alignment outputs",
-            product(&[batch, t_max, 8 + value]),
         ),
     };
     available(table_what, largest)?;
@@ -72,6 +84,23 @@ pub fn check<F>(problem: &Problem<'_, F>, job: Job) -> Result<(), CtcError> {
         .chain([output, batch.checked_mul(PER_SAMPLE_BYTES)])
         .try_fold(0usize, |sum, bytes| sum.checked_add(bytes?));
     available("this call's buffers together", together)
+}
+
+/// Bytes of what `job` returns besides losses: the gradient (or posteriors), or the
+/// alignment outputs (labels as i64 and scores per frame and sample); `None` past the address
+/// space.
+fn output_bytes(
+    job: Job,
+    t_max: usize,
+    batch: usize,
+    classes: usize,
+    value: usize,
+) -> Option<usize> {
+    match job {
+        Job::Loss => Some(0),
+        Job::LossAndGrad | Job::Posteriors => product(&[t_max, batch, classes, value]),
+        Job::Align => product(&[batch, t_max, 8 + value]),
+    }
 }
 
 /// Bytes of the largest table `job` on `problem` keeps while one of its samples runs.

@@ -11,6 +11,7 @@
 //! thread that finds one busy makes a fresh workspace (or frees the one it returns) instead
 //! of waiting, and a child forked while a lock was held cannot hang on it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::lattice::Workspace;
@@ -73,6 +74,7 @@ impl<W: Default + HeapBytes> Kept<W> {
         let taken = self.try_lock().and_then(|mut kept| kept.pop());
         let mut workspace = taken.unwrap_or_default();
         let result = work(&mut workspace);
+        LARGEST_KEPT.fetch_max(workspace.heap_bytes(), Ordering::Relaxed);
         match self.try_lock() {
             Some(mut kept) => kept.push(workspace),
             // Freed here, outside the lock.
@@ -84,16 +86,27 @@ impl<W: Default + HeapBytes> Kept<W> {
     /// Frees the kept workspaces larger than `keep_bytes`; returns the bytes freed.
     fn free_above(&self, keep_bytes: usize) -> usize {
         let Some(mut kept) = self.try_lock() else {
+            // Busy: what it holds is unknown, so the next trim looks again.
+            LARGEST_KEPT.store(usize::MAX, Ordering::Relaxed);
             return 0;
         };
+        // Every call trims: the common case (nothing to free) allocates nothing.
+        if kept.iter().all(|w| w.heap_bytes() <= keep_bytes) {
+            return 0;
+        }
         let (large, small): (Vec<W>, Vec<W>) = std::mem::take(&mut *kept)
             .into_iter()
             .partition(|w| w.heap_bytes() > keep_bytes);
         *kept = small;
         drop(kept);
+        // Freed here, outside the lock.
         large.iter().map(HeapBytes::heap_bytes).sum()
     }
 }
+
+/// At least the heap bytes of the largest kept workspace (an upper bound, lowered by
+/// [`trim`] and [`release`]), so that a call's trim needs no lock when nothing is that large.
+static LARGEST_KEPT: AtomicUsize = AtomicUsize::new(0);
 
 static WORKSPACES_F32: Kept<Workspace<f32>> = Kept::new();
 static WORKSPACES_F64: Kept<Workspace<f64>> = Kept::new();
@@ -129,6 +142,10 @@ impl KeptWorkspaces for f64 {
 /// needs (see the module doc); returns the bytes freed.
 pub fn trim(needed_bytes: usize) -> usize {
     let keep = ALWAYS_KEEP_BYTES.max(needed_bytes.saturating_mul(OVERSIZE_FACTOR));
+    // Every call trims; most find nothing that large, without taking any lock.
+    if LARGEST_KEPT.load(Ordering::Relaxed) <= keep {
+        return 0;
+    }
     free_all_above(keep)
 }
 
@@ -139,6 +156,9 @@ pub fn release() -> usize {
 }
 
 fn free_all_above(keep: usize) -> usize {
+    // What is left is at most `keep`: a workspace returned meanwhile raises it again, and a
+    // list found busy sets it to "unknown".
+    LARGEST_KEPT.store(keep, Ordering::Relaxed);
     WORKSPACES_F32.free_above(keep)
         + WORKSPACES_F64.free_above(keep)
         + GROUP_WORKSPACES_F32.free_above(keep)
