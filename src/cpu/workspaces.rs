@@ -7,9 +7,9 @@
 //! left 478 MiB resident for good). A call also frees the kept workspaces that are far
 //! larger than it needed ([`trim`]): one long sample does not pin its table forever.
 //!
-//! The lists are only ever `try_lock`ed, like the gradient buffers (`crate::buffers`): a
-//! thread that finds one busy makes a fresh workspace (or frees the one it returns) instead
-//! of waiting, and a child forked while a lock was held cannot hang on it.
+//! The lists are never waited for indefinitely, like the gradient buffers (`crate::buffers`):
+//! a thread that finds one busy for longer than a short spin makes a fresh workspace (or
+//! frees the one it returns), so a child forked while a lock was held cannot hang on it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -24,6 +24,9 @@ const ALWAYS_KEEP_BYTES: usize = 64 << 20;
 /// A workspace larger than this many times the largest table a call needs is freed by
 /// that call.
 const OVERSIZE_FACTOR: usize = 4;
+
+/// Tries at a busy list before a thread does without it: far longer than a push or a pop.
+const SPINS: usize = 1000;
 
 /// What a kept workspace costs.
 pub trait HeapBytes {
@@ -57,14 +60,20 @@ impl<W: Default + HeapBytes> Kept<W> {
         Kept(Mutex::new(Vec::new()))
     }
 
-    /// The list if it is free at once (see the module doc).
+    /// The list, if it is free within a short spin (see the module doc). The lock is held
+    /// only for a push or a pop, so a spin finds it free unless its holder does not exist
+    /// (a forked child); a thread that gave up at once would allocate a fresh workspace, and
+    /// free it, every time two jobs end together.
     fn try_lock(&self) -> Option<MutexGuard<'_, Vec<W>>> {
-        match self.0.try_lock() {
-            Ok(guard) => Some(guard),
-            // A panic while holding the lock leaves whole workspaces: still usable.
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
+        for _ in 0..SPINS {
+            match self.0.try_lock() {
+                Ok(guard) => return Some(guard),
+                // A panic while holding the lock leaves whole workspaces: still usable.
+                Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
         }
+        None
     }
 
     /// Runs `work` with a kept workspace (or a fresh one), then keeps it for later jobs.
