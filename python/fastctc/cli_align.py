@@ -273,15 +273,16 @@ def align_job(job: Job, options: AlignOptions) -> JobResult:
 def read_manifest(path: PathLike) -> list[Job]:
     """The jobs of a JSON-lines manifest: ``{"emissions", "transcript", "output"}`` a line.
 
-    Relative paths are taken from the manifest's folder. ``transcript`` is a file when such a
-    file exists, else the transcript's text. Blank lines are skipped.
+    Relative paths are taken from the manifest's folder (the jobs hold absolute paths).
+    ``transcript`` is a file when such a file exists, else the transcript's text. Blank lines
+    are skipped.
 
     Raises
     ------
     InputError
         A line that is not a JSON object with those three strings, naming the line.
     """
-    base = pathlib.Path(path).parent
+    base = pathlib.Path(path).absolute().parent  # absolute: other processes may run the jobs
     jobs = []
     for number, line in enumerate(read_text(path, "manifest").splitlines(), 1):
         if not line.strip():
