@@ -7,12 +7,15 @@ import doctest
 import fastctc
 import fastctc.__main__
 import fastctc.alignment
+import fastctc.formats
+import fastctc.transcripts
 import fastctc.words
 from conftest import require_torch
 
 
 def test_docstring_examples_run() -> None:
-    for module in (fastctc, fastctc.__main__, fastctc.alignment, fastctc.words):
+    modules = (fastctc.__main__, fastctc.alignment, fastctc.formats, fastctc.transcripts)
+    for module in (fastctc, *modules, fastctc.words):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, f"{module.__name__}: {result.failed} doctest(s) failed"
 

@@ -1,4 +1,8 @@
-"""Command line: ``python -m fastctc info`` and ``python -m fastctc demo``."""
+"""Command line: ``python -m fastctc info``, ``demo`` and ``align``.
+
+``align`` writes the word timings of a recording (or, with ``--manifest``, of a corpus)
+from its CTC emissions: ``python -m fastctc align --help``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import time
 import numpy as np
 
 import fastctc
+from fastctc import cli_align
 
 
 def _torch():
@@ -92,15 +97,28 @@ def demo(T: int = 500, N: int = 32, C: int = 29, S: int = 100) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastctc", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m fastctc",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, threads and SIMD level")
     demo_parser = sub.add_parser("demo", help="loss and gradient of a realistic batch")
     for name, default in (("T", 500), ("N", 32), ("C", 29), ("S", 100)):
         demo_parser.add_argument(f"-{name}", type=int, default=default)
+    align_parser = sub.add_parser(
+        "align",
+        help="word timings from CTC emissions (JSON, CTM or TextGrid)",
+        description=cli_align.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli_align.add_arguments(align_parser)
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command == "align":
+        return cli_align.run(args)
     return demo(args.T, args.N, args.C, args.S)
 
 
