@@ -92,6 +92,25 @@ pub fn run_gpu_profiled<F: Float>(
     Ok((output, timings))
 }
 
+/// Validates `batch` exactly as [`run`] does, and computes nothing: returns the blank in
+/// `[0, C)` and every sample's labels back to back. The torch adapter's compact route checks
+/// a batch with it before it gathers the columns the samples read, so that bad input raises
+/// what the dense route raises.
+pub fn validate_only<F>(
+    batch: Batch<'_, F>,
+    options: Options,
+) -> Result<(usize, Vec<u32>), CtcError> {
+    let problem = validate(
+        batch.log_probs,
+        batch.targets,
+        batch.input_lengths,
+        batch.target_lengths,
+        batch.blank,
+        options,
+    )?;
+    Ok((problem.blank, problem.labels))
+}
+
 /// Validation and the memory pre-check: everything a call checks before any backend runs.
 fn prepare<'a, F>(
     batch: Batch<'a, F>,

@@ -17,7 +17,7 @@ use crate::call::{self, Batch, Outcome};
 use crate::error::{CtcError, ErrorKind};
 use crate::options::{Device, GradWrt, InputKind, Job, Layout, Options, Reduction};
 use crate::output::CtcOutput;
-use crate::problem::{validate, Targets};
+use crate::problem::Targets;
 use crate::real::Real;
 use crate::{cpu, threads};
 
@@ -171,6 +171,19 @@ struct Arrays<'py> {
     blank: i64,
 }
 
+impl Arrays<'_> {
+    /// The core's view of a call's data, with `log_probs` borrowed by the caller.
+    fn batch<'a, F>(&'a self, log_probs: ArrayView3<'a, F>) -> PyResult<Batch<'a, F>> {
+        Ok(Batch {
+            log_probs,
+            targets: targets_of(&self.targets)?,
+            input_lengths: self.input_lengths.as_array(),
+            target_lengths: self.target_lengths.as_array(),
+            blank: self.blank,
+        })
+    }
+}
+
 /// The loss and its gradient (or `gamma`) as NumPy arrays.
 fn losses_tuple<'py, F: Float>(
     py: Python<'py>,
@@ -195,13 +208,7 @@ fn run<'py, F: Float>(
     device: Device,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let log_probs = log_probs.try_readonly()?;
-    let batch = Batch {
-        log_probs: log_probs.as_array(),
-        targets: targets_of(&arrays.targets)?,
-        input_lengths: arrays.input_lengths.as_array(),
-        target_lengths: arrays.target_lengths.as_array(),
-        blank: arrays.blank,
-    };
+    let batch = arrays.batch(log_probs.as_array())?;
     let outcome = without_gil(py, || call::run(batch, options, job, device)).map_err(to_py_err)?;
     let items = match outcome {
         Outcome::Losses(output) => losses_tuple(py, output)?,
@@ -406,16 +413,8 @@ fn validated_labels<F: Float>(
     options: Options,
 ) -> PyResult<(usize, Vec<u32>)> {
     let log_probs = log_probs.try_readonly()?;
-    let problem = validate(
-        log_probs.as_array(),
-        targets_of(&arrays.targets)?,
-        arrays.input_lengths.as_array(),
-        arrays.target_lengths.as_array(),
-        arrays.blank,
-        options,
-    )
-    .map_err(to_py_err)?;
-    Ok((problem.blank, problem.labels))
+    let batch = arrays.batch(log_probs.as_array())?;
+    call::validate_only(batch, options).map_err(to_py_err)
 }
 
 /// The GPU adapter as a dict (name, backend, device type, driver, limits), or None when there
@@ -491,14 +490,14 @@ fn gpu_profile<'py>(
         let Ok(array) = log_probs.cast::<PyArray3<f32>>() else {
             return Err(to_py_err(CtcError::LogProbsDtype { allowed: "float32" }));
         };
-        let log_probs = array.try_readonly()?;
-        let batch = Batch {
-            log_probs: log_probs.as_array(),
-            targets: targets_of(&targets)?,
-            input_lengths: input_lengths.as_array(),
-            target_lengths: target_lengths.as_array(),
+        let arrays = Arrays {
+            targets,
+            input_lengths,
+            target_lengths,
             blank,
         };
+        let log_probs = array.try_readonly()?;
+        let batch = arrays.batch(log_probs.as_array())?;
         let (output, timings) =
             without_gil(py, || call::run_gpu_profiled(batch, options, with_grad))
                 .map_err(to_py_err)?;
