@@ -9,6 +9,7 @@ would show as SIGABRT). The children import only NumPy and fastctc.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -55,8 +56,11 @@ def _run_capped(call: str, headroom: int, threads: int = 2) -> str:
         .replace("HEADROOM", str(headroom))
         .replace("CALL", repr(textwrap.dedent(call).strip()))
     )
+    # One malloc arena: each thread's own arena reserves 64 MiB of address space, which
+    # under a cap this tight decides by chance which allocation fails.
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
     )
     assert done.returncode == 0, (
         f"the child died (return code {done.returncode}, negative: killed by that signal):\n"
