@@ -26,11 +26,11 @@ from fastctc.cli_align import (
     AlignOptions,
     InputError,
     JobResult,
+    add_option_arguments,
     align_job,
-    load_tokens,
+    options_from_args,
     read_manifest,
 )
-from fastctc.formats import FORMATS
 
 
 def align_corpus(
@@ -76,25 +76,13 @@ def align_corpus(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, metavar="FILE.jsonl")
-    parser.add_argument("--tokens", required=True, metavar="TOKENS.txt")
-    parser.add_argument("--frame-rate", type=float, required=True, metavar="HZ")
-    parser.add_argument("--blank", type=int, default=0)
-    parser.add_argument("--word-separator", metavar="TOKEN")
-    parser.add_argument("--format", choices=FORMATS)
-    parser.add_argument("--logits", action="store_true")
+    add_option_arguments(parser)
     parser.add_argument("--address", help="a running Ray cluster ('auto'); default: start one")
     parser.add_argument("--num-cpus", type=int, help="cores of a local Ray instance")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
-        options = AlignOptions(
-            load_tokens(args.tokens),
-            args.frame_rate,
-            args.blank,
-            args.word_separator,
-            args.format,
-            args.logits,
-        )
+        options = options_from_args(args)
         results = align_corpus(args.manifest, options, args.address, args.num_cpus, args.quiet)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

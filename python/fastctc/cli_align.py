@@ -354,6 +354,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument(
         "--jobs", type=int, default=None, metavar="N", help="recordings at once (default: cores)"
     )
+    add_option_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every recording is aligned with (read back by :func:`options_from_args`):
+    shared by ``python -m fastctc align`` and ``examples/align_corpus_ray.py``."""
     parser.add_argument(
         "--tokens", required=True, metavar="TOKENS.txt", help="one token a line; line i is class i"
     )
@@ -373,7 +380,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--logits", action="store_true", help="the emissions are logits: log-softmax them first"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def options_from_args(args: argparse.Namespace) -> AlignOptions:
+    """The :class:`AlignOptions` of parsed :func:`add_option_arguments`; raises
+    :class:`InputError` for an unreadable tokens file."""
+    return AlignOptions(
+        load_tokens(args.tokens),
+        args.frame_rate,
+        args.blank,
+        args.word_separator,
+        args.format,
+        args.logits,
+    )
 
 
 def _error(message: str) -> None:
@@ -424,14 +443,7 @@ def run(args: argparse.Namespace) -> int:
         _error(f"--jobs: expected at least 1, got {args.jobs}")
         return 2
     try:
-        options = AlignOptions(
-            load_tokens(args.tokens),
-            args.frame_rate,
-            args.blank,
-            args.word_separator,
-            args.format,
-            args.logits,
-        )
+        options = options_from_args(args)
         if args.manifest is not None:
             jobs = read_manifest(args.manifest)
         else:
