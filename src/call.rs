@@ -100,15 +100,20 @@ pub fn validate_only<F>(
     batch: Batch<'_, F>,
     options: Options,
 ) -> Result<(usize, Vec<u32>), CtcError> {
-    let problem = validate(
+    let problem = validated(batch, options)?;
+    Ok((problem.blank, problem.labels))
+}
+
+/// `batch` checked by [`validate`].
+fn validated<'a, F>(batch: Batch<'a, F>, options: Options) -> Result<Problem<'a, F>, CtcError> {
+    validate(
         batch.log_probs,
         batch.targets,
         batch.input_lengths,
         batch.target_lengths,
         batch.blank,
         options,
-    )?;
-    Ok((problem.blank, problem.labels))
+    )
 }
 
 /// Validation and the memory pre-check: everything a call checks before any backend runs.
@@ -121,14 +126,7 @@ fn prepare<'a, F>(
     if options.star_score.is_some() && job != Job::Align {
         return Err(CtcError::StarScoreJob);
     }
-    let problem = validate(
-        batch.log_probs,
-        batch.targets,
-        batch.input_lengths,
-        batch.target_lengths,
-        batch.blank,
-        options,
-    )?;
+    let problem = validated(batch, options)?;
     memory::check(&problem, job)?;
     Ok(problem)
 }

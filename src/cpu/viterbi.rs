@@ -22,6 +22,7 @@
 use ndarray::{ArrayViewMut1, ArrayViewMut2};
 
 use super::fastmath::FastMath;
+use super::primitives::heap_bytes;
 use super::sample::SampleRef;
 
 /// Where one sample's alignment goes: rows of the batch outputs.
@@ -102,18 +103,15 @@ pub struct ViterbiWorkspace {
 impl ViterbiWorkspace {
     /// Bytes held on the heap.
     pub fn heap_bytes(&self) -> usize {
-        fn bytes<T>(vec: &Vec<T>) -> usize {
-            vec.capacity() * std::mem::size_of::<T>()
-        }
-        bytes(&self.rows)
-            + bytes(&self.checkpoints)
-            + bytes(&self.back)
-            + bytes(&self.emit)
-            + bytes(&self.steps)
-            + bytes(&self.classes)
-            + bytes(&self.skip)
-            + bytes(&self.path)
-            + bytes(&self.log_norm)
+        heap_bytes(&self.rows)
+            + heap_bytes(&self.checkpoints)
+            + heap_bytes(&self.back)
+            + heap_bytes(&self.emit)
+            + heap_bytes(&self.steps)
+            + heap_bytes(&self.classes)
+            + heap_bytes(&self.skip)
+            + heap_bytes(&self.path)
+            + heap_bytes(&self.log_norm)
     }
 }
 
