@@ -1,6 +1,6 @@
 """The benchmark shapes of ``benches/shapes.csv``, for the Python benchmarks.
 
-``compare.py``, ``adapter.py`` and ``gpu.py`` take their shapes from here, and ``kernel.rs``
+``compare.py``, ``adapter.py``, ``gpu.py`` and ``vs_torch_cuda.py`` take their shapes from here, and ``kernel.rs``
 embeds the same file, so that a shape is written once. The format is described at the top of
 the file; it is parsed by hand (not with ``csv``) by the same rules as ``kernel.rs`` does.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 PATH = Path(__file__).with_name("shapes.csv")
-BENCHES = ("compare", "adapter", "gpu", "kernel")
+BENCHES = ("compare", "adapter", "gpu", "kernel", "cuda")
 
 
 class Shape(NamedTuple):
