@@ -94,7 +94,8 @@ def test_gpu_info_describes_the_adapter(gpu):
     assert gpu["backend"] in ("vulkan", "metal", "dx12", "gl")
     assert gpu["device_type"] in ("discrete", "integrated", "virtual", "cpu", "other")
     assert isinstance(gpu["shader_f64"], bool)
-    assert gpu["workgroup_size"] in (32, 64, 128, 256)
+    assert gpu["workgroup_size"] in (32, 64, 128, 256, 512, 1024)
+    assert gpu["unroll"] in (1, 2, 4, 8)
     limits = gpu["limits"]
     assert limits["max_storage_buffer_binding_size"] >= 1 << 20
     assert limits["max_compute_workgroups_per_dimension"] >= 1
@@ -325,6 +326,19 @@ def test_small_chunks_and_kept_rows():
     recomputing the others in the backward sweep; results do not change."""
     script = PARITY_SCRIPT.format(shape="300, 12, 40, 60", grad_atol=2e-5)
     result = _run_python(script, {"FASTCTC_GPU_CHUNK_BYTES": "65536"})
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("workgroup", "unroll"), [("32", "8"), ("64", "4"), ("1024", "2")])
+def test_every_state_layout_gives_the_cpu_result(workgroup, unroll):
+    """The layouts GPUs use (several states per invocation, computed before any is stored;
+    1024 invocations) on lavapipe, which defaults to one state at a time: the same results,
+    for samples whose bands straddle several blocks of states."""
+    script = PARITY_SCRIPT.format(shape="300, 6, 40, 150", grad_atol=2e-5)
+    env = {"FASTCTC_GPU_WORKGROUP_SIZE": workgroup, "FASTCTC_GPU_UNROLL": unroll}
+    result = _run_python(script, env)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 

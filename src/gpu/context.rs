@@ -30,6 +30,8 @@ pub struct GpuInfo {
     pub shader_f64: bool,
     /// Invocations per workgroup (one workgroup per sample).
     pub workgroup_size: u32,
+    /// States each invocation computes together per frame.
+    pub unroll: u32,
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_compute_workgroups_per_dimension: u32,
@@ -92,6 +94,16 @@ pub(crate) fn get() -> Result<&'static Context, CtcError> {
     Ok(context)
 }
 
+impl GpuInfo {
+    /// How the kernels spread a sample's states over a workgroup.
+    pub(crate) fn layout(&self) -> shader::Layout {
+        shader::Layout {
+            workgroup_size: self.workgroup_size,
+            unroll: self.unroll,
+        }
+    }
+}
+
 impl Context {
     /// The kernels for float32 (`f64 = false`) or float64 input.
     pub fn kernels(&self, f64: bool) -> Result<&Kernels, CtcError> {
@@ -105,9 +117,7 @@ impl Context {
             });
         }
         self.f64
-            .get_or_init(|| {
-                build_kernels(&self.device, &self.layout, true, self.info.workgroup_size)
-            })
+            .get_or_init(|| build_kernels(&self.device, &self.layout, true, self.info.layout()))
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -195,6 +205,21 @@ fn workgroup_size(limits: &wgpu::Limits, device_type: wgpu::DeviceType) -> u32 {
         .copied()
         .find(|&size| size <= preferred && fits(size))
         .unwrap_or(shader::WORKGROUP_SIZES[0])
+}
+
+/// States each invocation computes together per frame: `FASTCTC_GPU_UNROLL` when set to a
+/// supported value, else 1 on software rasterisers (a CPU thread runs the whole workgroup
+/// anyway) and 4 on GPUs, where the loads of those states are in flight together rather than
+/// one state's after another's.
+fn unroll(device_type: wgpu::DeviceType) -> u32 {
+    std::env::var("FASTCTC_GPU_UNROLL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|v| shader::UNROLLS.contains(v))
+        .unwrap_or(match device_type {
+            wgpu::DeviceType::Cpu => 1,
+            _ => 4,
+        })
 }
 
 fn unavailable(tried: String, message: impl Into<String>) -> CtcError {
@@ -315,6 +340,7 @@ fn open() -> Result<Context, CtcError> {
         device: adapter_info.device,
         shader_f64,
         workgroup_size: workgroup_size(&limits, adapter_info.device_type),
+        unroll: unroll(adapter_info.device_type),
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
@@ -322,7 +348,7 @@ fn open() -> Result<Context, CtcError> {
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
     };
     let layout = bind_group_layout(&device);
-    let f32 = build_kernels(&device, &layout, false, info.workgroup_size)
+    let f32 = build_kernels(&device, &layout, false, info.layout())
         .map_err(|e| unavailable(tried.clone(), e.to_string()))?;
     Ok(Context {
         device,
@@ -383,12 +409,12 @@ fn build_kernels(
     device: &wgpu::Device,
     layout: &wgpu::BindGroupLayout,
     f64: bool,
-    workgroup_size: u32,
+    states: shader::Layout,
 ) -> Result<Kernels, CtcError> {
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("fastctc lattice"),
-        source: wgpu::ShaderSource::Wgsl(shader::source(f64, workgroup_size).into()),
+        source: wgpu::ShaderSource::Wgsl(shader::source(f64, states).into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some("fastctc lattice"),

@@ -150,7 +150,13 @@ mod tests {
     use naga::{Expression, Literal, Module, TypeInner};
 
     fn module() -> Module {
-        let text = super::super::shader::source(false, 64);
+        let text = super::super::shader::source(
+            false,
+            super::super::shader::Layout {
+                workgroup_size: 64,
+                unroll: 1,
+            },
+        );
         naga::front::wgsl::parse_str(&text).expect("lattice.wgsl parses")
     }
 

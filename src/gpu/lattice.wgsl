@@ -35,6 +35,9 @@
 // a fresh count.
 
 const WG: u32 = 256u;
+// States one invocation computes together in each frame (see the state loops).
+const UNROLL: u32 = 1u;
+const BLOCK: u32 = UNROLL * WG;
 
 // The host side of every declaration from here to `Sample` is `contract.rs`; a test there
 // reads this file and fails when the two disagree.
@@ -226,6 +229,26 @@ fn alpha_step(smp: Sample, s: u32, prev: u32, lo_p: u32, hi_p: u32, m_prev: real
     return lse3(stay, step, jump) + e;
 }
 
+// beta at state s of frame t (unnormalised) from w(t+1) = beta(t+1) + emission(t+1), at
+// `next` with band [lo1, hi1] and maximum m_w.
+fn beta_step(smp: Sample, s: u32, next: u32, lo1: u32, hi1: u32, m_w: real) -> real {
+    let ninf = neg_inf();
+    var stay = ninf;
+    var step = ninf;
+    var jump = ninf;
+    // Shifted before the log-sum-exp, as in `alpha_step`.
+    if s >= lo1 && s <= hi1 {
+        stay = work[next + s] - m_w;
+    }
+    if s + 1u >= lo1 && s + 1u <= hi1 {
+        step = work[next + s + 1u] - m_w;
+    }
+    if s + 2u >= lo1 && s + 2u <= hi1 && may_skip(smp, s + 2u) {
+        jump = work[next + s + 2u] - m_w;
+    }
+    return lse3(stay, step, jump);
+}
+
 // Workgroup maximum of x and of y. Also a barrier for the storage rows written before it.
 fn reduce_max(lid: u32, v: vec4<real>) -> vec4<real> {
     storageBarrier();
@@ -353,13 +376,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let hi = band_hi(t, smp.states);
         let row = alpha_row(smp, t);
         let norm = frame_norm(smp, t);
-        // Every class the target uses is checked, inside the band or not (as on the CPU).
-        var bad: real = 0.0;
+        // Every class the target uses is checked, inside the band or not (as on the CPU). The
+        // first WG classes are loaded here and tested after the states, so that the loads
+        // overlap the state loop instead of stalling it.
         let frame = smp.lp_off + t * n_classes;
-        for (var g = lid; g <= smp.n_groups; g += WG) {
-            if is_bad(lp[frame + group_class(smp, g)] - norm) {
-                bad = 1.0;
-            }
+        var probe: real = 0.0;
+        if lid <= smp.n_groups {
+            probe = lp[frame + group_class(smp, lid)];
         }
         var prev = 0u;
         var lo_p = 0u;
@@ -370,14 +393,36 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             hi_p = band_hi(t - 1u, smp.states);
         }
         var local_max = ninf;
-        for (var s = lo + lid; s <= hi; s += WG) {
-            let e = emission(smp, t, s, norm);
-            var a = e;
-            if t > 0u {
-                a = alpha_step(smp, s, prev, lo_p, hi_p, m_prev, e);
+        // Blocks of UNROLL * WG states: every value of a block is computed before any is
+        // stored, so that the compiler may issue all of its loads at once (a store to `work`
+        // could alias the next state's loads).
+        for (var b = lo / BLOCK; b * BLOCK <= hi; b++) {
+            var v: array<real, UNROLL>;
+            for (var u = 0u; u < UNROLL; u++) {
+                let s = b * BLOCK + u * WG + lid;
+                var a = ninf;
+                if s >= lo && s <= hi {
+                    let e = emission(smp, t, s, norm);
+                    a = e;
+                    if t > 0u {
+                        a = alpha_step(smp, s, prev, lo_p, hi_p, m_prev, e);
+                    }
+                }
+                v[u] = a;
             }
-            work[row + s] = a;
-            local_max = max(local_max, a);
+            for (var u = 0u; u < UNROLL; u++) {
+                let s = b * BLOCK + u * WG + lid;
+                if s >= lo && s <= hi {
+                    work[row + s] = v[u];
+                    local_max = max(local_max, v[u]);
+                }
+            }
+        }
+        var bad: real = select(real(0.0), real(1.0), is_bad(probe - norm));
+        for (var g = lid + WG; g <= smp.n_groups; g += WG) {
+            if is_bad(lp[frame + group_class(smp, g)] - norm) {
+                bad = 1.0;
+            }
         }
         let r = reduce_max(lid, vec4<real>(local_max, bad, 0.0, 0.0));
         // A NaN or +inf read in this frame wins over a dead end found in the same frame.
@@ -554,46 +599,64 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
             lo1 = band_lo(t + 1u, t_len, states);
             hi1 = band_hi(t + 1u, states);
         }
+        // This invocation's share of the occupancy softmax: its maximum, the sum of exp(o - max)
+        // and its blank part; and the maximum of w.
         var max_occ = ninf;
-        var max_w = ninf;
-        for (var s = lo + lid; s <= hi; s += WG) {
-            var beta = ninf;
-            if last {
-                if s + 2u >= states {
-                    beta = 0.0;
-                }
-            } else {
-                var stay = ninf;
-                var step = ninf;
-                var jump = ninf;
-                // Shifted before the log-sum-exp, as in `alpha_step`.
-                if s >= lo1 && s <= hi1 {
-                    stay = work[w_next + s] - m_w;
-                }
-                if s + 1u >= lo1 && s + 1u <= hi1 {
-                    step = work[w_next + s + 1u] - m_w;
-                }
-                if s + 2u >= lo1 && s + 2u <= hi1 && may_skip(smp, s + 2u) {
-                    jump = work[w_next + s + 2u] - m_w;
-                }
-                beta = lse3(stay, step, jump);
-            }
-            let o = (work[arow + s] - m_alpha) + beta;
-            work[occ_cur + s] = o;
-            max_occ = max(max_occ, o);
-            let w = beta + emission(smp, t, s, norm);
-            work[w_cur + s] = w;
-            max_w = max(max_w, w);
-        }
         var sum: real = 0.0;
         var blank: real = 0.0;
-        if max_occ != ninf {
-            for (var s = lo + lid; s <= hi; s += WG) {
-                let v = exp_r(work[occ_cur + s] - max_occ);
-                sum += v;
-                if (s & 1u) == 0u {
-                    blank += v;
+        var max_w = ninf;
+        // Blocks of UNROLL * WG states, all loads of a block before its stores (as in `forward`).
+        for (var b = lo / BLOCK; b * BLOCK <= hi; b++) {
+            var occ: array<real, UNROLL>;
+            var ws: array<real, UNROLL>;
+            for (var u = 0u; u < UNROLL; u++) {
+                let s = b * BLOCK + u * WG + lid;
+                var o = ninf;
+                var w = ninf;
+                if s >= lo && s <= hi {
+                    var beta = ninf;
+                    if last {
+                        if s + 2u >= states {
+                            beta = 0.0;
+                        }
+                    } else {
+                        beta = beta_step(smp, s, w_next, lo1, hi1, m_w);
+                    }
+                    o = (work[arow + s] - m_alpha) + beta;
+                    w = beta + emission(smp, t, s, norm);
                 }
+                occ[u] = o;
+                ws[u] = w;
+            }
+            var block_max = ninf;
+            for (var u = 0u; u < UNROLL; u++) {
+                let s = b * BLOCK + u * WG + lid;
+                if s >= lo && s <= hi {
+                    work[occ_cur + s] = occ[u];
+                    work[w_cur + s] = ws[u];
+                    block_max = max(block_max, occ[u]);
+                    max_w = max(max_w, ws[u]);
+                }
+            }
+            if block_max != ninf {
+                var block_sum: real = 0.0;
+                var block_blank: real = 0.0;
+                for (var u = 0u; u < UNROLL; u++) {
+                    let s = b * BLOCK + u * WG + lid;
+                    if s >= lo && s <= hi {
+                        let v = exp_r(occ[u] - block_max);
+                        block_sum += v;
+                        if (s & 1u) == 0u {
+                            block_blank += v;
+                        }
+                    }
+                }
+                let m = max(max_occ, block_max);
+                let f_old = rescale(max_occ, m);
+                let f_new = rescale(block_max, m);
+                sum = sum * f_old + block_sum * f_new;
+                blank = blank * f_old + block_blank * f_new;
+                max_occ = m;
             }
         }
         // Frame t+1's label entries (the span above wrote those of its own last frame).

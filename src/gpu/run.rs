@@ -156,7 +156,12 @@ fn run_chunk<F: GpuFloat>(
     let packed = pack::pack_info(call.problem, chunk, call.row_scale);
     // `FASTCTC_GPU_SPAN_FRAMES` overrides the estimate (tests use it to force many spans).
     let estimate = env_number("FASTCTC_GPU_SPAN_FRAMES").unwrap_or_else(|| {
-        pack::frames_per_span(call.problem, chunk, ctx.info.workgroup_size as usize)
+        pack::frames_per_span(
+            call.problem,
+            chunk,
+            ctx.info.workgroup_size as usize,
+            ctx.info.unroll as usize,
+        )
     });
     let mut frames = (estimate / ctx.span_divisor.load(Ordering::Relaxed)).max(1);
     let mut rows_uploaded = false;
