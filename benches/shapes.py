@@ -1,8 +1,9 @@
 """The benchmark shapes of ``benches/shapes.csv``, for the Python benchmarks.
 
-``compare.py``, ``adapter.py``, ``gpu.py`` and ``vs_torch_cuda.py`` take their shapes from here, and ``kernel.rs``
-embeds the same file, so that a shape is written once. The format is described at the top of
-the file; it is parsed by hand (not with ``csv``) by the same rules as ``kernel.rs`` does.
+``compare.py``, ``adapter.py``, ``gpu.py`` and ``vs_torch_cuda.py`` take their shapes from
+here, and ``kernel.rs`` embeds the same file, so that a shape is written once. The format is
+described at the top of the file; it is parsed by hand (not with ``csv``) by the same rules
+as ``kernel.rs`` does.
 """
 
 from __future__ import annotations
