@@ -208,18 +208,14 @@ fn workgroup_size(limits: &wgpu::Limits, device_type: wgpu::DeviceType) -> u32 {
 }
 
 /// States each invocation computes together per frame: `FASTCTC_GPU_UNROLL` when set to a
-/// supported value, else 1 on software rasterisers (a CPU thread runs the whole workgroup
-/// anyway) and 4 on GPUs, where the loads of those states are in flight together rather than
-/// one state's after another's.
-fn unroll(device_type: wgpu::DeviceType) -> u32 {
+/// supported value, else 1. (On an NVIDIA H200, 4 and 8 were 10-30% slower than 1 on every
+/// benchmark shape: its frames are not bound by the latency of the state loop's loads.)
+fn unroll() -> u32 {
     std::env::var("FASTCTC_GPU_UNROLL")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
         .filter(|v| shader::UNROLLS.contains(v))
-        .unwrap_or(match device_type {
-            wgpu::DeviceType::Cpu => 1,
-            _ => 4,
-        })
+        .unwrap_or(1)
 }
 
 fn unavailable(tried: String, message: impl Into<String>) -> CtcError {
@@ -340,7 +336,7 @@ fn open() -> Result<Context, CtcError> {
         device: adapter_info.device,
         shader_f64,
         workgroup_size: workgroup_size(&limits, adapter_info.device_type),
-        unroll: unroll(adapter_info.device_type),
+        unroll: unroll(),
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
