@@ -218,6 +218,19 @@ def test_validation_runs_before_the_gpu():
         fastctc.ctc_align(lp, [[1]], [6], [1], device="cuda")
 
 
+def test_a_sample_too_large_for_a_binding_is_refused(gpu):
+    """Two-bit back-pointers of 70,000 frames x 8001 states take 140 MB: more than lavapipe's
+    128 MiB storage binding. Refused before any work, suggesting the CPU."""
+    T, S = 70_000, 4000
+    needed = T * ((2 * S + 1 + 15) // 16) * 4
+    if needed <= gpu["limits"]["max_storage_buffer_binding_size"]:
+        pytest.skip("this adapter's storage bindings hold the sample")
+    lp = np.full((T, 1, 5), -1.6, dtype=np.float32)
+    targets = np.tile([1, 2], S // 2)[None]
+    with pytest.raises(RuntimeError, match="sample 0.*device='cpu'"):
+        fastctc.ctc_align(lp, targets, [T], [S], device="gpu")
+
+
 def test_deterministic():
     rng = np.random.default_rng(8)
     lp, targets, il, tl = random_case(rng, 200, 8, 20, 40, levels=2)
