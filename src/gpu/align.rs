@@ -38,7 +38,8 @@ use crate::problem::Problem;
 
 /// State code bit (`SKIP_BIT` in the shader): the state may be entered from `s - 2`.
 pub(crate) const SKIP_BIT: u32 = 1 << 31;
-/// States per back-pointer word (`STATES_PER_WORD` in the shader): two bits each.
+/// States per back-pointer word (`STATES_PER_WORD` in the shader): two bits each. With `W`
+/// words per frame, state `s` is in word `s % W` at bits `2 (s / W)` (see `viterbi.wgsl`).
 pub(crate) const STATES_PER_WORD: usize = 16;
 
 /// One sample the device aligns, with what the host knows of its lattice.
@@ -286,8 +287,8 @@ fn trace<F: FastMath>(problem: &Problem<'_, F>, job: &Job, result: Traced<'_>, s
     let mut path = vec![0usize; job.t_len];
     for (t, on_path) in path.iter_mut().enumerate().rev() {
         *on_path = state;
-        let word = result.back[t * words + state / STATES_PER_WORD];
-        let step = ((word >> (2 * (state % STATES_PER_WORD))) & 3) as usize;
+        let word = result.back[t * words + state % words];
+        let step = ((word >> (2 * (state / words))) & 3) as usize;
         // A finite path never leaves the band and starts from state 0: anything else is a
         // device fault, reported as a NaN score rather than a wrong path.
         if step > state || (t == 0 && state != step) {

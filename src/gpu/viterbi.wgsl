@@ -9,8 +9,10 @@
 //     jump = two > best;    cur[s] = (jump ? two : best) + emission(t, s)
 //
 // and the step taken (0, 1 or 2 states back) is packed, two bits per state, into `back`:
-// word w of a frame holds states 16w .. 16w + 15. Each invocation owns whole words (w = lid,
-// lid + WG, ...), so no two invocations write one word and no atomics are needed. States
+// with W = ceil(S / 16) words per frame, word w holds states w, w + W, ..., w + 15 W (state s
+// in word s % W at bits 2 (s / W)). Each invocation owns whole words (w = lid, lid + WG, ...),
+// so no two invocations write one word and no atomics are needed, and at each step of the
+// word loop neighbouring invocations read neighbouring states (coalesced on a GPU). States
 // above a frame's band are never written and stay -inf, as on the CPU.
 //
 // The host (`align.rs`) gathers the emissions in float64 (log_softmax and the star token
@@ -99,10 +101,9 @@ fn frame_word(r: Record, t: u32, w: u32, top: u32) -> u32 {
     let prev = r.rows_off + ((t + 1u) & 1u) * width;
     let e_row = r.emit_off + t * r.columns;
     let ninf = neg_inf();
-    let s0 = w * STATES_PER_WORD;
-    let s1 = min(s0 + STATES_PER_WORD, top + 1u);
     var bits = 0u;
-    for (var s = s0; s < s1; s += 1u) {
+    var s = w;
+    for (var k = 0u; k < STATES_PER_WORD && s <= top; k += 1u) {
         let code = info[r.code_off + s];
         var skip: f64 = ninf;
         if (code & SKIP_BIT) != 0u {
@@ -115,7 +116,8 @@ fn frame_word(r: Record, t: u32, w: u32, top: u32) -> u32 {
         let best = select(stay, one, advance);
         let jump = two > best;
         rows[cur + s + 2u] = select(best, two, jump) + emit[e_row + (code & COLUMN_MASK)];
-        bits |= select(u32(advance), 2u, jump) << (2u * (s - s0));
+        bits |= select(u32(advance), 2u, jump) << (2u * k);
+        s += r.words;
     }
     return bits;
 }
@@ -148,7 +150,7 @@ fn viterbi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             break;
         }
         let top = min(2u * t + 1u, r.states - 1u);
-        let n_words = top / STATES_PER_WORD + 1u;
+        let n_words = min(top + 1u, r.words);
         let b_row = r.back_off + t * r.words;
         for (var w = lid; w < n_words; w += WG) {
             back[b_row + w] = frame_word(r, t, w, top);
