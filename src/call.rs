@@ -69,6 +69,7 @@ pub fn run<F: Float>(
         }
         (Job::Posteriors, Device::Cpu) => cpu::posteriors(&problem).map(Outcome::Losses),
         (Job::Align, Device::Cpu) => Ok(Outcome::Alignment(cpu::align(&problem))),
+        (Job::Align, Device::Gpu) => gpu_align(&problem).map(Outcome::Alignment),
         (_, Device::Gpu) => gpu_losses(&problem, job, None).map(Outcome::Losses),
     }
 }
@@ -138,6 +139,19 @@ fn gpu_losses<F: Float>(
     timings: Option<&mut crate::gpu::Timings>,
 ) -> Result<CtcOutput<F>, CtcError> {
     crate::gpu::compute(problem, job, timings)
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_align<F: Float>(problem: &Problem<'_, F>) -> Result<AlignmentOutput<F>, CtcError> {
+    crate::gpu::align(problem)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_align<F: Float>(_problem: &Problem<'_, F>) -> Result<AlignmentOutput<F>, CtcError> {
+    Err(CtcError::GpuUnavailable {
+        tried: "nothing".to_owned(),
+        message: NO_GPU_BACKEND.to_owned(),
+    })
 }
 
 #[cfg(not(feature = "gpu"))]

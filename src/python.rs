@@ -341,7 +341,7 @@ fn posteriors<'py>(
 
 /// The best path of every sample: `(labels, scores, spans, path_scores)`.
 #[pyfunction]
-#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, input_kind="log_probs", star_score=None))]
+#[pyo3(signature = (log_probs, targets, input_lengths, target_lengths, blank, input_kind="log_probs", star_score=None, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 fn align<'py>(
     py: Python<'py>,
@@ -352,7 +352,9 @@ fn align<'py>(
     blank: i64,
     input_kind: &str,
     star_score: Option<f64>,
+    device: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let device = Device::parse(device).map_err(to_py_err)?;
     let options = Options {
         input_kind: InputKind::parse(input_kind).map_err(to_py_err)?,
         star_score,
@@ -364,7 +366,7 @@ fn align<'py>(
         target_lengths,
         blank,
     };
-    dispatch(py, log_probs, &arrays, options, Job::Align, Device::Cpu)
+    dispatch(py, log_probs, &arrays, options, Job::Align, device)
 }
 
 /// Validates a batch exactly as `ctc` does (the device and options, then the data), without

@@ -53,8 +53,10 @@ def align(
     blank: int,
     input_kind: str = "log_probs",
     star_score: float | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The best path of every sample: (labels, scores, spans, path_scores)."""
+    """The best path of every sample: (labels, scores, spans, path_scores), computed on
+    ``device`` ("cpu" or "gpu"; both give the same paths and scores)."""
 
 def validate_batch(
     log_probs: np.ndarray,

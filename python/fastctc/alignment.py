@@ -75,6 +75,14 @@ def ctc_align(
     blank between two different labels), and a path ends in the final blank rather than the
     final label when both score the same. With continuous log-probabilities ties are rare.
 
+    ``device="gpu"`` aligns on fastctc's wgpu backend and returns exactly what ``"cpu"``
+    returns (the same paths, spans, per-frame and total scores, bitwise): its Viterbi kernel
+    works in float64, as the CPU's does, so it needs an adapter with 64-bit float shaders
+    (``fastctc.gpu_info()["shader_f64"]``; lavapipe and most Vulkan and DX12 GPUs have them,
+    Metal does not) for float32 input too, and raises ``RuntimeError`` without one. It also
+    raises ``RuntimeError`` for a sample whose two-bit back-pointers (``T * (2S + 1) / 4``
+    bytes) or gathered emissions exceed one GPU storage binding; ``"cpu"`` has no such limit.
+
     ``star_score`` (a finite log-probability) adds the star token of MMS-style alignment: the
     targets may then hold the class ``C`` (one past the input's classes), which scores
     ``star_score`` at every frame, as if the input had a column ``C`` filled with it (none is
@@ -93,15 +101,23 @@ def ctc_align(
     >>> result.labels[0].tolist(), result.spans[0].tolist()
     ([0, 1, 1, 0, 2], [[1, 3], [4, 5]])
     """
-    # The core's alignment takes neither a layout nor a device: both are checked here.
+    # The core's alignment takes no layout: it is checked here, with the device, before the
+    # data (as the loss functions do).
     _args.check_choice(layout, "layout", _args.LAYOUTS)
-    _args.check_choice(device, "device", ("cpu",))
+    device = _args.check_choice(device, "device", ("cpu", "gpu"))
     b = _args.batch(log_probs, targets, input_lengths, target_lengths, blank, layout)
     input_kind = _args.check_str(input_kind, "input_kind")
     if star_score is not None:
         star_score = _args.real(star_score, "star_score")
     labels, scores, spans, path_scores = _align(
-        b.log_probs, b.targets, b.input_lengths, b.target_lengths, b.blank, input_kind, star_score
+        b.log_probs,
+        b.targets,
+        b.input_lengths,
+        b.target_lengths,
+        b.blank,
+        input_kind,
+        star_score,
+        device,
     )
     path_scores = np.asarray(path_scores, dtype=np.float64)
     return Alignment(labels, scores, spans, path_scores, np.isfinite(path_scores))

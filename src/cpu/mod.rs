@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 pub use dispatch::{level as simd_level, SimdLevel};
 pub use fastmath::FastMath;
+pub use frame_reads::log_sum_exp;
 pub use lattice::Workspace;
 pub use lockstep::GroupWorkspace;
 pub use sample::{GradSpec, SampleRef};

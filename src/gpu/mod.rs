@@ -36,6 +36,7 @@
 //! `FASTCTC_GPU_SPAN_FRAMES` (frames per dispatch span, in place of the estimate; a cut
 //! detected still halves it).
 
+mod align;
 mod cache;
 mod context;
 mod contract;
@@ -45,6 +46,7 @@ mod profile;
 mod run;
 mod shader;
 
+pub use align::align;
 pub use context::GpuInfo;
 pub use profile::Timings;
 
@@ -72,7 +74,7 @@ impl GpuFloat for f64 {
 
 /// Computes `job` (the loss, the loss and gradient, or posteriors) of a validated batch on
 /// the GPU; with `timings`, each phase is submitted, waited for and timed on its own (for
-/// benchmarks: slower). Alignment is not a GPU job.
+/// benchmarks: slower). Alignment has its own entry point, [`align`].
 ///
 /// Errors: [`CtcError::GpuUnavailable`] when no adapter can be opened,
 /// [`CtcError::GpuUnsupportedDtype`] for float64 on an adapter without 64-bit float shaders,
@@ -90,11 +92,9 @@ pub fn compute<F: GpuFloat>(
             (&posteriors, RowScale::Posteriors)
         }
         Job::Align => {
-            // Alignment runs on the CPU only.
-            return Err(CtcError::UnknownOption {
-                argument: "device",
-                value: "gpu".to_owned(),
-                allowed: &["cpu"],
+            return Err(CtcError::Internal {
+                message: "an alignment was sent to the GPU loss kernels (use gpu::align)"
+                    .to_owned(),
             });
         }
     };
