@@ -1,7 +1,8 @@
 //! The thread pool every CPU kernel runs in.
 //!
 //! One pool for the process, sized from `FASTCTC_NUM_THREADS`, else `RAYON_NUM_THREADS`, else
-//! the number of available cores; [`set_num_threads`] replaces it. Kept separate from rayon's
+//! the number of available cores shared among the processes of a data-parallel job on this
+//! machine (`LOCAL_WORLD_SIZE`); [`set_num_threads`] replaces it. Kept separate from rayon's
 //! global pool so that resizing works at any time and never fights the caller's own rayon use.
 //! An environment value above [`MAX_THREADS_PER_CORE`] threads per available core is clamped
 //! to that bound, with one warning on stderr: the kernels are CPU-bound, so more threads only
@@ -38,9 +39,10 @@ fn available_cores() -> usize {
 }
 
 /// The thread count used when none was set: the first positive integer among
-/// `FASTCTC_NUM_THREADS` and `RAYON_NUM_THREADS`, else the number of available cores. A value
-/// above `MAX_THREADS_PER_CORE` times the available cores is clamped to that, with a warning
-/// on stderr (once per process).
+/// `FASTCTC_NUM_THREADS` and `RAYON_NUM_THREADS`, else the available cores divided among the
+/// processes of this machine (see [`cores_per_local_process`]). A value above
+/// `MAX_THREADS_PER_CORE` times the available cores is clamped to that, with a warning on
+/// stderr (once per process).
 pub fn default_num_threads() -> usize {
     let cores = available_cores();
     let found = ["FASTCTC_NUM_THREADS", "RAYON_NUM_THREADS"]
@@ -59,8 +61,20 @@ pub fn default_num_threads() -> usize {
             }
             threads
         }
-        None => cores,
+        None => cores_per_local_process(cores, std::env::var("LOCAL_WORLD_SIZE").ok()),
     }
+}
+
+/// `cores` shared among the `local_world_size` processes of a data-parallel job on this
+/// machine (the variable torchrun and `torch.distributed` launchers set for each of them), at
+/// least one each: two ranks on one machine then do not oversubscribe its cores. Without the
+/// variable (or with a value that is not a positive integer) this process has them all.
+fn cores_per_local_process(cores: usize, local_world_size: Option<String>) -> usize {
+    let processes = local_world_size
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    (cores / processes).max(1)
 }
 
 /// `requested` threads, at most `MAX_THREADS_PER_CORE * cores`; and whether it was clamped.
@@ -284,6 +298,19 @@ mod tests {
         assert_eq!(clamp_threads(1_000_000, 16), (64, true));
         assert_eq!(clamp_threads(u128::MAX, 1), (4, true));
         assert_eq!(clamp_threads(5, 0), (4, true));
+    }
+
+    #[test]
+    fn ranks_on_one_machine_share_its_cores() {
+        let share =
+            |cores, value: Option<&str>| cores_per_local_process(cores, value.map(String::from));
+        assert_eq!(share(16, None), 16);
+        assert_eq!(share(16, Some("2")), 8);
+        assert_eq!(share(16, Some(" 3 ")), 5);
+        assert_eq!(share(2, Some("4")), 1);
+        for ignored in ["0", "-2", "two", ""] {
+            assert_eq!(share(16, Some(ignored)), 16, "{ignored:?}");
+        }
     }
 
     #[test]

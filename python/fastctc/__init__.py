@@ -339,7 +339,8 @@ def set_num_threads(threads: int) -> None:
     """Sets the number of worker threads the CPU backend uses for later calls.
 
     Replaces the pool sized at the first call from ``FASTCTC_NUM_THREADS``, else
-    ``RAYON_NUM_THREADS``, else the number of available cores (an environment value above
+    ``RAYON_NUM_THREADS``, else the number of available cores divided by ``LOCAL_WORLD_SIZE``
+    (set by torchrun for each rank on a machine), at least one (an environment value above
     four threads per available core is clamped to that, with a warning on stderr). The pool
     is fastctc's own, not rayon's global one; a forked child starts a pool of the same size.
 
