@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::cache::{Buffers, Cache, GRAD, INFO, LP, OUT, SCALES};
 use super::context::{Context, Kernels};
-use super::contract::{out, status, SPAN_BYTES};
+use super::contract::{out, status, SPAN_BYTES, WORK_CELL_BYTES};
 use super::pack::{self, Packed};
 use super::plan::{self, Budget, Chunk, Job};
 use super::profile::{Phase, Phases, Timings};
@@ -242,7 +242,7 @@ impl<F: GpuFloat> Attempt<'_, '_, '_, F> {
             (self.packed.scales.len() * elem) as u64,
             rows,
             if self.call.with_grad { rows } else { 0 },
-            (self.chunk.work * elem) as u64,
+            (self.chunk.work * WORK_CELL_BYTES) as u64,
             self.out_bytes(),
         ]
     }
