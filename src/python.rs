@@ -438,7 +438,6 @@ fn gpu_info(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
         dict.set_item("device", info.device)?;
         dict.set_item("shader_f64", info.shader_f64)?;
         dict.set_item("workgroup_size", info.workgroup_size)?;
-        dict.set_item("unroll", info.unroll)?;
         let limits = PyDict::new(py);
         limits.set_item(
             "max_storage_buffer_binding_size",

@@ -4,14 +4,16 @@ Without a GPU adapter these tests are skipped, unless ``FASTCTC_REQUIRE_GPU=1`` 
 which runs them on Mesa's software Vulkan driver, lavapipe), which makes a missing adapter a
 failure. ``WGPU_BACKEND`` / ``WGPU_ADAPTER_NAME`` choose the backend and adapter they run on.
 
-Tolerances, float32: losses within 1e-5 relative; gradients within 1e-5 absolute on the
-property-test space (T <= 60). The GPU runs the float32 recursion in float32 log space, so
-rounding accumulates over time, about T * 6e-8 in the gradient (measured: 1.5e-5 at T = 500,
-3e-5 at T = 1500, 1.5e-4 to 3.5e-4 at T = 5000; a NumPy float32 recursion gives the same
-3e-4): the tests allow 5e-5 at T = 200, 1e-4 at T = 1200 and 1e-3 at T = 5000. (The CPU runs
-float32 input in float32 mantissas with an int32 exponent per state, whose rounding is
-relative to each state: about 3e-7 at T = 5000; docs/design.md#cpu-numerics.) float64 runs
-in float64 shaders where the adapter has them (lavapipe does), within 1e-9.
+Tolerances, float32: losses within 1e-5 relative; gradients within 1e-5 absolute, whatever
+T. The GPU runs the float32 recursion in log space with every stored value split into an
+integer part and a remainder, so that rounding is relative to the remainder, not to the
+value (docs/design.md#gpu-numerics): the gradient is within about 1e-6 of float64 at T = 5000,
+S = 1000 (measured on lavapipe: 6e-7 at T = 500, 7e-7 at T = 1500, 1.2e-6 at T = 5000; the
+CPU, float32 mantissas with an int32 exponent per state, gets 3e-7 to 7e-7). The
+long-input tests hold the GPU to 1e-5 of the CPU and 1e-4 of float64 at T = 5000. (Plain
+float32 log values, as before, rounded states hundreds of nats below a row's maximum, where
+the posterior lies in long inputs, to an ulp of 3e-5 and more: 1e-4 to 9e-4 at T = 5000.)
+float64 runs in float64 shaders where the adapter has them (lavapipe does), within 1e-9.
 """
 
 from __future__ import annotations
@@ -95,7 +97,6 @@ def test_gpu_info_describes_the_adapter(gpu):
     assert gpu["device_type"] in ("discrete", "integrated", "virtual", "cpu", "other")
     assert isinstance(gpu["shader_f64"], bool)
     assert gpu["workgroup_size"] in (32, 64, 128, 256, 512, 1024)
-    assert gpu["unroll"] in (1, 2, 4, 8)
     limits = gpu["limits"]
     assert limits["max_storage_buffer_binding_size"] >= 1 << 20
     assert limits["max_compute_workgroups_per_dimension"] >= 1
@@ -245,7 +246,7 @@ def test_long_targets(rng):
     for grad_wrt in ("log_probs", "logits"):
         cpu, gpu = both(fastctc.ctc_loss_and_grad, lp, targets, il, tl, grad_wrt=grad_wrt)
         assert np.isfinite(gpu[0])
-        assert_same(cpu, gpu, np.float32, grad_atol=1e-4)
+        assert_same(cpu, gpu, np.float32)
 
 
 @pytest.mark.long
@@ -256,12 +257,31 @@ def test_long_inputs(rng):
     il = np.array([5000, 4321])
     tl = np.array([100, 80])
     cpu, gpu = both(fastctc.ctc_loss_and_grad, lp, targets, il, tl, reduction="sum")
-    assert_same(cpu, gpu, np.float32, grad_atol=1e-3)
-    # Against float64: the GPU float32 gradient stays within ~3e-4 of it.
+    assert_same(cpu, gpu, np.float32)
     _, g64 = fastctc.ctc_loss_and_grad(
         lp.astype(np.float64), targets, il, tl, reduction="sum", device="cpu"
     )
-    assert np.abs(gpu[1] - g64).max() < 1e-3
+    assert np.abs(gpu[1] - g64).max() < 1e-4
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("classes", "scale"), [(39, 2.0), (3, 2.0), (39, 6.0)])
+def test_long_alignment_against_float64(rng, classes, scale):
+    """T = 5000 frames, S = 1000 labels: the posterior lies hundreds of nats below the alpha
+    and beta rows' maxima, where plain float32 log values lost 1e-4 to 9e-4 (see the module
+    docstring). Random labels, labels from 3 classes (many repeats, no skips), and peaked
+    input (logits of scale 6)."""
+    T, S = 5000, 1000
+    lp, _, _, _ = random_batch(rng, T, 2, 40, 1, scale=scale)
+    targets = rng.integers(1, classes + 1, size=(2, S))
+    il = np.array([T, T - 37])
+    tl = np.array([S, S - 5])
+    loss, grad = fastctc.ctc_loss_and_grad(lp, targets, il, tl, reduction="sum", device="gpu")
+    l64, g64 = fastctc.ctc_loss_and_grad(
+        lp.astype(np.float64), targets, il, tl, reduction="sum", device="cpu"
+    )
+    assert abs(float(loss) - float(l64)) < 1e-6 * abs(float(l64))
+    assert np.abs(grad - g64).max() < 1e-4
 
 
 @pytest.mark.long
@@ -273,7 +293,7 @@ def test_batch_larger_than_a_storage_binding_is_chunked(gpu, rng):
     assert lp.nbytes > 128 << 20
     for kwargs in ({}, {"grad_wrt": "logits", "reduction": "none"}):
         cpu, out = both(fastctc.ctc_loss_and_grad, lp, targets, il, tl, **kwargs)
-        assert_same(cpu, out, np.float32, grad_atol=5e-5)
+        assert_same(cpu, out, np.float32)
     if gpu["limits"]["max_storage_buffer_binding_size"] <= 128 << 20:
         *_, timings = _core.gpu_profile(
             lp,
@@ -324,20 +344,19 @@ PARITY_SCRIPT = """
 def test_small_chunks_and_kept_rows():
     """With 64 kB buffers, every sample is its own chunk and keeps only every k-th alpha row,
     recomputing the others in the backward sweep; results do not change."""
-    script = PARITY_SCRIPT.format(shape="300, 12, 40, 60", grad_atol=2e-5)
+    script = PARITY_SCRIPT.format(shape="300, 12, 40, 60", grad_atol=1e-5)
     result = _run_python(script, {"FASTCTC_GPU_CHUNK_BYTES": "65536"})
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
 
 @pytest.mark.long
-@pytest.mark.parametrize(("workgroup", "unroll"), [("32", "8"), ("64", "4"), ("1024", "2")])
-def test_every_state_layout_gives_the_cpu_result(workgroup, unroll):
-    """The layouts GPUs use (several states per invocation, computed before any is stored;
-    1024 invocations) on lavapipe, which defaults to one state at a time: the same results,
-    for samples whose bands straddle several blocks of states."""
+@pytest.mark.parametrize("workgroup", ["64", "1024"])
+def test_every_workgroup_size_gives_the_cpu_result(workgroup):
+    """Workgroup sizes lavapipe does not default to (it takes 32): 1024 invocations cover a
+    sample's 301 states at once, 64 loop over them; the same results."""
     script = PARITY_SCRIPT.format(shape="300, 6, 40, 150", grad_atol=2e-5)
-    env = {"FASTCTC_GPU_WORKGROUP_SIZE": workgroup, "FASTCTC_GPU_UNROLL": unroll}
+    env = {"FASTCTC_GPU_WORKGROUP_SIZE": workgroup}
     result = _run_python(script, env)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
@@ -349,7 +368,7 @@ def test_spans_cut_short_are_run_again(backend):
     """All 4000 frames in one span: llvmpipe cuts the loops short, the canary notices, and the
     chunk runs again with shorter spans (on a GPU without a loop limit, one span just works).
     """
-    script = PARITY_SCRIPT.format(shape="4000, 2, 20, 40", grad_atol=5e-4)
+    script = PARITY_SCRIPT.format(shape="4000, 2, 20, 40", grad_atol=1e-5)
     env = {"FASTCTC_GPU_SPAN_FRAMES": "1000000"}
     if backend:
         env["WGPU_BACKEND"] = backend
@@ -363,7 +382,7 @@ def test_spans_cut_short_are_run_again(backend):
 @pytest.mark.long
 def test_gl_backend(gpu):
     """The same kernels through wgpu's GL backend (Mesa llvmpipe through EGL on Linux)."""
-    script = PARITY_SCRIPT.format(shape="300, 12, 40, 60", grad_atol=2e-5)
+    script = PARITY_SCRIPT.format(shape="300, 12, 40, 60", grad_atol=1e-5)
     result = _run_python(script, {"WGPU_BACKEND": "gl"})
     if result.returncode != 0 and "no adapter" in result.stderr:
         pytest.skip("no GL adapter")

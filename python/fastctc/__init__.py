@@ -381,8 +381,6 @@ def gpu_info() -> dict | None:
     (``"discrete"``, ``"integrated"``, ``"virtual"``, ``"cpu"`` for a software rasteriser
     such as Mesa's lavapipe, or ``"other"``), ``driver``, ``driver_info``, ``vendor``,
     ``device``, ``shader_f64`` (whether float64 input runs on it), ``workgroup_size`` and
-    ``unroll`` (the kernels' invocations per sample and states each computes together per
-    frame; ``FASTCTC_GPU_WORKGROUP_SIZE`` and ``FASTCTC_GPU_UNROLL`` override them), and
     ``limits`` (the storage-binding, buffer and workgroup limits that decide how a batch is
     split into chunks). Set ``WGPU_BACKEND`` or ``WGPU_ADAPTER_NAME`` before the first call
     to choose the backend or adapter.

@@ -30,8 +30,6 @@ pub struct GpuInfo {
     pub shader_f64: bool,
     /// Invocations per workgroup (one workgroup per sample).
     pub workgroup_size: u32,
-    /// States each invocation computes together per frame.
-    pub unroll: u32,
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_compute_workgroups_per_dimension: u32,
@@ -94,16 +92,6 @@ pub(crate) fn get() -> Result<&'static Context, CtcError> {
     Ok(context)
 }
 
-impl GpuInfo {
-    /// How the kernels spread a sample's states over a workgroup.
-    pub(crate) fn layout(&self) -> shader::Layout {
-        shader::Layout {
-            workgroup_size: self.workgroup_size,
-            unroll: self.unroll,
-        }
-    }
-}
-
 impl Context {
     /// The kernels for float32 (`f64 = false`) or float64 input.
     pub fn kernels(&self, f64: bool) -> Result<&Kernels, CtcError> {
@@ -117,7 +105,9 @@ impl Context {
             });
         }
         self.f64
-            .get_or_init(|| build_kernels(&self.device, &self.layout, true, self.info.layout()))
+            .get_or_init(|| {
+                build_kernels(&self.device, &self.layout, true, self.info.workgroup_size)
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -205,17 +195,6 @@ fn workgroup_size(limits: &wgpu::Limits, device_type: wgpu::DeviceType) -> u32 {
         .copied()
         .find(|&size| size <= preferred && fits(size))
         .unwrap_or(shader::WORKGROUP_SIZES[0])
-}
-
-/// States each invocation computes together per frame: `FASTCTC_GPU_UNROLL` when set to a
-/// supported value, else 1. (On an NVIDIA H200, 4 and 8 were 10-30% slower than 1 on every
-/// benchmark shape: its frames are not bound by the latency of the state loop's loads.)
-fn unroll() -> u32 {
-    std::env::var("FASTCTC_GPU_UNROLL")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|v| shader::UNROLLS.contains(v))
-        .unwrap_or(1)
 }
 
 fn unavailable(tried: String, message: impl Into<String>) -> CtcError {
@@ -336,7 +315,6 @@ fn open() -> Result<Context, CtcError> {
         device: adapter_info.device,
         shader_f64,
         workgroup_size: workgroup_size(&limits, adapter_info.device_type),
-        unroll: unroll(),
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
@@ -344,7 +322,7 @@ fn open() -> Result<Context, CtcError> {
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
     };
     let layout = bind_group_layout(&device);
-    let f32 = build_kernels(&device, &layout, false, info.layout())
+    let f32 = build_kernels(&device, &layout, false, info.workgroup_size)
         .map_err(|e| unavailable(tried.clone(), e.to_string()))?;
     Ok(Context {
         device,
@@ -405,12 +383,12 @@ fn build_kernels(
     device: &wgpu::Device,
     layout: &wgpu::BindGroupLayout,
     f64: bool,
-    states: shader::Layout,
+    workgroup_size: u32,
 ) -> Result<Kernels, CtcError> {
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("fastctc lattice"),
-        source: wgpu::ShaderSource::Wgsl(shader::source(f64, states).into()),
+        source: wgpu::ShaderSource::Wgsl(shader::source(f64, workgroup_size).into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some("fastctc lattice"),

@@ -131,6 +131,10 @@ pub(crate) mod out {
     pub const SLOTS: usize = 4;
 }
 
+/// Bytes of one lattice value in `work` (`cell` in the shader): a float64, or a float32
+/// pair (integer part, remainder) (docs/design.md#gpu-numerics).
+pub(crate) const WORK_CELL_BYTES: usize = 8;
+
 /// Bytes bound for `Span` in the shader (three `u32`, padded to 16).
 pub(crate) const SPAN_BYTES: u64 = 16;
 
@@ -150,13 +154,7 @@ mod tests {
     use naga::{Expression, Literal, Module, TypeInner};
 
     fn module() -> Module {
-        let text = super::super::shader::source(
-            false,
-            super::super::shader::Layout {
-                workgroup_size: 64,
-                unroll: 1,
-            },
-        );
+        let text = super::super::shader::source(false, 64);
         naga::front::wgsl::parse_str(&text).expect("lattice.wgsl parses")
     }
 

@@ -1,8 +1,8 @@
 // fastctc GPU kernels: the CTC lattice, one workgroup per sample.
 //
-// Appended to a prelude (`real_f32.wgsl` or `real_f64.wgsl`) that defines `real`, `neg_inf`,
-// `nan_r`, `is_bad`, `exp_r`, `ln_1p_r` and `ln_r`; `shader.rs` also sets the workgroup size
-// `WG`.
+// Appended to a prelude (`real_f32.wgsl` or `real_f64.wgsl`) that defines `real`, `cell`,
+// `from_cell`, `to_cell`, `neg_inf`, `nan_r`, `is_bad`, `exp_r`, `ln_1p_r` and `ln_r`;
+// `shader.rs` also sets the workgroup size `WG`.
 //
 // Extended states s = 0..S-1, S = 2L+1: even states are the blank, odd state 2j+1 is label j.
 // All values are natural logs. A workgroup loops over time; each invocation owns the states
@@ -11,9 +11,16 @@
 // visible to the others. No atomics: each workgroup writes only its own sample's rows, and
 // every reduction runs in a fixed order, so results are bitwise reproducible.
 //
+// Values in `work` are pairs (h, l) meaning h + l, h an integer and |l| <= 1/2 or so
+// (`settle`; the float64 prelude stores h + l as one number, see `from_cell`/`to_cell`).
+// Shifts are integers, so shifting is exact, and a sum keeps its largest term's h: rounding
+// is relative to l, not to the value, which far from a row's maximum (where the posterior of
+// a long input often lies) is hundreds of nats (docs/design.md#gpu-numerics).
+//
 // `forward` stores alpha row t *un*normalised, relative to the sum A(t-1) of the earlier rows'
-// maxima, and writes m(t) = max_s of that row to `out`: alpha(t) = row(t) + A(t-1), and the
-// log-likelihood is A(T-2) + logsumexp(row(T-1)[S-2..]). The host sums the m(t) in float64.
+// shifts, and writes m(t) = max_s of that row, rounded to an integer, to `out`: alpha(t) =
+// row(t) + A(t-1), and the log-likelihood is A(T-2) + logsumexp(row(T-1)[S-2..]). The host
+// sums the m(t) in float64.
 //
 // With logits input (`FLAG_LOGITS_INPUT`), `normalise` first writes each frame's log-sum-exp
 // over classes to `out`, and every read of the input subtracts it (a fused log_softmax).
@@ -35,9 +42,6 @@
 // a fresh count.
 
 const WG: u32 = 256u;
-// States one invocation computes together in each frame (see the state loops).
-const UNROLL: u32 = 1u;
-const BLOCK: u32 = UNROLL * WG;
 
 // The host side of every declaration from here to `Sample` is `contract.rs`; a test there
 // reads this file and fails when the two disagree.
@@ -75,7 +79,7 @@ const OUT_CUT: u32 = 3u;
 // Same layout as `lp`.
 @group(0) @binding(3) var<storage, read_write> grad: array<real>;
 // Alpha rows (kept, then segment), then two w rows and two occupancy rows; see `Sample`.
-@group(0) @binding(4) var<storage, read_write> work: array<real>;
+@group(0) @binding(4) var<storage, read_write> work: array<cell>;
 // The log-sum-exp of every frame of the chunk (logits input only), then per sample: m(0..T),
 // the end term, the status, the beta normaliser one backward span hands the next, and the
 // flag set when a loop was cut short (see `canary`).
@@ -197,56 +201,80 @@ fn lse2(a: real, b: real) -> real {
     return m + ln_1p_r(exp_r(min(a, b) - m));
 }
 
-// ln(e^a + e^b + e^c): two exps and one log.
-fn lse3(a: real, b: real, c: real) -> real {
-    let p = max(a, b);
-    let q = min(a, b);
-    let m = max(p, c);
-    let r = min(p, c);
-    if m == neg_inf() {
+// The value h + l of a pair (h, l) (see the top of this file), rounded.
+fn approx(v: vec2<real>) -> real {
+    return v.x + v.y;
+}
+
+// -inf as a pair.
+fn ninf_pair() -> vec2<real> {
+    return vec2<real>(neg_inf(), 0.0);
+}
+
+// The pair of h + l with a remainder in [-1/2, 1/2]: the remainder's integer part moves to h.
+// Both steps are exact: l - round(l) always, h + k while |h| < 2^24 (beyond, h is rounded
+// as a plain float32 would be).
+fn settle(h: real, l: real) -> vec2<real> {
+    if h == neg_inf() || l == neg_inf() {
+        return ninf_pair();
+    }
+    let k = round(l);
+    return vec2<real>(h + k, l - k);
+}
+
+// Stored pair `c` minus the integer `shift`: exact.
+fn shifted(c: cell, shift: real) -> vec2<real> {
+    let v = from_cell(c);
+    return vec2<real>(v.x - shift, v.y);
+}
+
+// e^(a - b) for pairs: the integer parts' difference is exact, so only a rounding relative to
+// the result is left.
+fn exp_diff(a: vec2<real>, b: vec2<real>) -> real {
+    return exp_r((a.x - b.x) + (a.y - b.y));
+}
+
+// ln(e^a + e^b + e^c) for pairs, as a pair: the largest term's h, and its l plus
+// ln(1 + the others relative to it). Two exps and one log.
+fn lse3(a: vec2<real>, b: vec2<real>, c: vec2<real>) -> vec2<real> {
+    var m = a;
+    var p = b;
+    var q = c;
+    if approx(p) > approx(m) {
+        let x = m;
+        m = p;
+        p = x;
+    }
+    if approx(q) > approx(m) {
+        let x = m;
+        m = q;
+        q = x;
+    }
+    if m.x == neg_inf() {
         return m;
     }
-    return m + ln_1p_r(exp_r(q - m) + exp_r(r - m));
+    return vec2<real>(m.x, m.y + ln_1p_r(exp_diff(p, m) + exp_diff(q, m)));
 }
 
-// alpha row t at state s from row t-1 (at `prev`, band [lo_p, hi_p], maximum m_prev).
-fn alpha_step(smp: Sample, s: u32, prev: u32, lo_p: u32, hi_p: u32, m_prev: real, e: real) -> real {
-    let ninf = neg_inf();
-    var stay = ninf;
-    var step = ninf;
-    var jump = ninf;
-    // Each term is shifted by the row maximum before the log-sum-exp, so that the largest is
-    // 0 and its small positive correction is not rounded against a larger magnitude.
+// alpha row t at state s from row t-1 (at `prev`, band [lo_p, hi_p], shift m_prev, an
+// integer), as a settled pair.
+fn alpha_step(smp: Sample, s: u32, prev: u32, lo_p: u32, hi_p: u32, m_prev: real, e: real) -> vec2<real> {
+    var stay = ninf_pair();
+    var step = ninf_pair();
+    var jump = ninf_pair();
+    // Each term is shifted by the row's (integer) maximum before the log-sum-exp, so that the
+    // sum stays near 0 where the row is largest.
     if s >= lo_p && s <= hi_p {
-        stay = work[prev + s] - m_prev;
+        stay = shifted(work[prev + s], m_prev);
     }
     if s >= lo_p + 1u && s <= hi_p + 1u {
-        step = work[prev + s - 1u] - m_prev;
+        step = shifted(work[prev + s - 1u], m_prev);
     }
     if s >= lo_p + 2u && s <= hi_p + 2u && may_skip(smp, s) {
-        jump = work[prev + s - 2u] - m_prev;
+        jump = shifted(work[prev + s - 2u], m_prev);
     }
-    return lse3(stay, step, jump) + e;
-}
-
-// beta at state s of frame t (unnormalised) from w(t+1) = beta(t+1) + emission(t+1), at
-// `next` with band [lo1, hi1] and maximum m_w.
-fn beta_step(smp: Sample, s: u32, next: u32, lo1: u32, hi1: u32, m_w: real) -> real {
-    let ninf = neg_inf();
-    var stay = ninf;
-    var step = ninf;
-    var jump = ninf;
-    // Shifted before the log-sum-exp, as in `alpha_step`.
-    if s >= lo1 && s <= hi1 {
-        stay = work[next + s] - m_w;
-    }
-    if s + 1u >= lo1 && s + 1u <= hi1 {
-        step = work[next + s + 1u] - m_w;
-    }
-    if s + 2u >= lo1 && s + 2u <= hi1 && may_skip(smp, s + 2u) {
-        jump = work[next + s + 2u] - m_w;
-    }
-    return lse3(stay, step, jump);
+    let r = lse3(stay, step, jump);
+    return settle(r.x, r.y + e);
 }
 
 // Workgroup maximum of x and of y. Also a barrier for the storage rows written before it.
@@ -393,30 +421,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             hi_p = band_hi(t - 1u, smp.states);
         }
         var local_max = ninf;
-        // Blocks of UNROLL * WG states: every value of a block is computed before any is
-        // stored, so that the compiler may issue all of its loads at once (a store to `work`
-        // could alias the next state's loads).
-        for (var b = lo / BLOCK; b * BLOCK <= hi; b++) {
-            var v: array<real, UNROLL>;
-            for (var u = 0u; u < UNROLL; u++) {
-                let s = b * BLOCK + u * WG + lid;
-                var a = ninf;
-                if s >= lo && s <= hi {
-                    let e = emission(smp, t, s, norm);
-                    a = e;
-                    if t > 0u {
-                        a = alpha_step(smp, s, prev, lo_p, hi_p, m_prev, e);
-                    }
-                }
-                v[u] = a;
+        for (var s = lo + lid; s <= hi; s += WG) {
+            let e = emission(smp, t, s, norm);
+            var a = settle(0.0, e);
+            if t > 0u {
+                a = alpha_step(smp, s, prev, lo_p, hi_p, m_prev, e);
             }
-            for (var u = 0u; u < UNROLL; u++) {
-                let s = b * BLOCK + u * WG + lid;
-                if s >= lo && s <= hi {
-                    work[row + s] = v[u];
-                    local_max = max(local_max, v[u]);
-                }
-            }
+            work[row + s] = to_cell(a);
+            local_max = max(local_max, approx(a));
         }
         var bad: real = select(real(0.0), real(1.0), is_bad(probe - norm));
         for (var g = lid + WG; g <= smp.n_groups; g += WG) {
@@ -436,10 +448,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             loops_ok = canary();
             break;
         }
+        // The next row's shift: an integer, so that shifting is exact.
+        m_prev = round(r.x);
         if lid == 0u {
-            out[smp.out_off + t] = r.x;
+            out[smp.out_off + t] = m_prev;
         }
-        m_prev = r.x;
         t += 1u;
     }
     if lid == 0u {
@@ -452,11 +465,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 // The final blank is outside the last band when T = L.
                 var final_blank = ninf;
                 if band_hi(last, s) == s - 1u {
-                    final_blank = work[row + s - 1u];
+                    final_blank = approx(from_cell(work[row + s - 1u]));
                 }
-                end = lse2(final_blank, work[row + s - 2u]);
+                end = lse2(final_blank, approx(from_cell(work[row + s - 2u])));
             } else {
-                end = work[row];
+                end = approx(from_cell(work[row]));
             }
         }
         if status != STATUS_OK || t_end == smp.t_len {
@@ -489,7 +502,7 @@ fn recompute_segment(smp: Sample, a: u32, lid: u32) {
         let norm = frame_norm(smp, t);
         for (var s = lo + lid; s <= hi; s += WG) {
             let e = emission(smp, t, s, norm);
-            work[row + s] = alpha_step(smp, s, prev, lo_p, hi_p, m_prev, e);
+            work[row + s] = to_cell(alpha_step(smp, s, prev, lo_p, hi_p, m_prev, e));
         }
         storageBarrier();
     }
@@ -511,8 +524,8 @@ struct Frame {
 // and the blank (`n_groups` stands for it). The row's other entries were written by
 // `write_base` before the last reduction.
 // exp(o - m) for a state inside the band [lo, hi], else 0 (its row entry is stale).
-fn occupied(o: real, s: u32, lo: u32, hi: u32, m: real) -> real {
-    return select(real(0.0), exp_r(o - m), s >= lo && s <= hi);
+fn occupied(o: cell, s: u32, lo: u32, hi: u32, m: real) -> real {
+    return select(real(0.0), exp_r(approx(shifted(o, m))), s >= lo && s <= hi);
 }
 
 fn write_occupied(smp: Sample, t: u32, occ_row: u32, f: Frame, scale: real, lid: u32) {
@@ -581,7 +594,8 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     let k = smp.ckpt;
     let rows = back_rows(smp);
     let scale = scales[wid.x];
-    // The normaliser of beta(t): the maximum of w(t+1) = beta(t+1) + emission(t+1).
+    // The normaliser of beta(t): the maximum of w(t+1) = beta(t+1) + emission(t+1), rounded
+    // to an integer.
     var m_w: real = 0.0;
     if t_end < t_len {
         m_w = out[carry_at];
@@ -618,64 +632,51 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
             lo1 = band_lo(t + 1u, t_len, states);
             hi1 = band_hi(t + 1u, states);
         }
-        // This invocation's share of the occupancy softmax: its maximum, the sum of exp(o - max)
-        // and its blank part; and the maximum of w.
         var max_occ = ninf;
+        var max_w = ninf;
+        for (var s = lo + lid; s <= hi; s += WG) {
+            var beta = ninf_pair();
+            if last {
+                if s + 2u >= states {
+                    beta = vec2<real>(0.0, 0.0);
+                }
+            } else {
+                var stay = ninf_pair();
+                var step = ninf_pair();
+                var jump = ninf_pair();
+                // Shifted before the log-sum-exp, as in `alpha_step`.
+                if s >= lo1 && s <= hi1 {
+                    stay = shifted(work[w_next + s], m_w);
+                }
+                if s + 1u >= lo1 && s + 1u <= hi1 {
+                    step = shifted(work[w_next + s + 1u], m_w);
+                }
+                if s + 2u >= lo1 && s + 2u <= hi1 && may_skip(smp, s + 2u) {
+                    jump = shifted(work[w_next + s + 2u], m_w);
+                }
+                beta = lse3(stay, step, jump);
+            }
+            // Pairs add exactly in h: the occupancy logit keeps its precision however far the
+            // forward and backward maxima are apart.
+            let a = shifted(work[arow + s], m_alpha);
+            let o = vec2<real>(a.x + beta.x, a.y + beta.y);
+            work[occ_cur + s] = to_cell(o);
+            max_occ = max(max_occ, approx(o));
+            let w = settle(beta.x, beta.y + emission(smp, t, s, norm));
+            work[w_cur + s] = to_cell(w);
+            max_w = max(max_w, approx(w));
+        }
+        // An integer, so that the occupancies and `reduce_softmax` shift by it exactly.
+        max_occ = round(max_occ);
         var sum: real = 0.0;
         var blank: real = 0.0;
-        var max_w = ninf;
-        // Blocks of UNROLL * WG states, all loads of a block before its stores (as in `forward`).
-        for (var b = lo / BLOCK; b * BLOCK <= hi; b++) {
-            var occ: array<real, UNROLL>;
-            var ws: array<real, UNROLL>;
-            for (var u = 0u; u < UNROLL; u++) {
-                let s = b * BLOCK + u * WG + lid;
-                var o = ninf;
-                var w = ninf;
-                if s >= lo && s <= hi {
-                    var beta = ninf;
-                    if last {
-                        if s + 2u >= states {
-                            beta = 0.0;
-                        }
-                    } else {
-                        beta = beta_step(smp, s, w_next, lo1, hi1, m_w);
-                    }
-                    o = (work[arow + s] - m_alpha) + beta;
-                    w = beta + emission(smp, t, s, norm);
+        if max_occ != ninf {
+            for (var s = lo + lid; s <= hi; s += WG) {
+                let v = exp_r(approx(shifted(work[occ_cur + s], max_occ)));
+                sum += v;
+                if (s & 1u) == 0u {
+                    blank += v;
                 }
-                occ[u] = o;
-                ws[u] = w;
-            }
-            var block_max = ninf;
-            for (var u = 0u; u < UNROLL; u++) {
-                let s = b * BLOCK + u * WG + lid;
-                if s >= lo && s <= hi {
-                    work[occ_cur + s] = occ[u];
-                    work[w_cur + s] = ws[u];
-                    block_max = max(block_max, occ[u]);
-                    max_w = max(max_w, ws[u]);
-                }
-            }
-            if block_max != ninf {
-                var block_sum: real = 0.0;
-                var block_blank: real = 0.0;
-                for (var u = 0u; u < UNROLL; u++) {
-                    let s = b * BLOCK + u * WG + lid;
-                    if s >= lo && s <= hi {
-                        let v = exp_r(occ[u] - block_max);
-                        block_sum += v;
-                        if (s & 1u) == 0u {
-                            block_blank += v;
-                        }
-                    }
-                }
-                let m = max(max_occ, block_max);
-                let f_old = rescale(max_occ, m);
-                let f_new = rescale(block_max, m);
-                sum = sum * f_old + block_sum * f_new;
-                blank = blank * f_old + block_blank * f_new;
-                max_occ = m;
             }
         }
         // Frame t+1's label entries (the span above wrote those of its own last frame).
@@ -685,7 +686,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         write_base(smp, t, norm, scale, lid);
         let r = reduce_softmax(lid, vec4<real>(max_occ, sum, blank, max_w));
         next = Frame(r.x, scale / r.y, r.z, norm);
-        m_w = select(r.w, 0.0, r.w == ninf);
+        m_w = select(round(r.w), 0.0, r.w == ninf);
     }
     if lid == 0u {
         out[carry_at] = m_w;

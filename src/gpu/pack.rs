@@ -152,16 +152,10 @@ pub(super) fn frames_per_span<F>(
     problem: &Problem<'_, F>,
     chunk: &Chunk,
     workgroup_size: usize,
-    unroll: usize,
 ) -> usize {
     let (_, _, classes) = problem.dims();
     // Iterations of a loop over n items strided by the workgroup, plus its exit test.
     let per = |n: usize| n.div_ceil(workgroup_size) + 1;
-    // Iterations of a block loop over a band of n states whose blocks hold `inner` loops
-    // over `unroll` states each (a band may straddle one more block than it fills).
-    let blocks = |n: usize, inner: usize| {
-        (n.div_ceil(workgroup_size * unroll) + 1) * (1 + inner * (unroll + 1)) + 1
-    };
     let reduction = workgroup_size.ilog2() as usize + 1;
     let mut worst = 1;
     let mut fixed = 0;
@@ -183,8 +177,8 @@ pub(super) fn frames_per_span<F>(
         }
         let groups = per(job.groups + 1) + load.iter().max().copied().unwrap_or(0);
         let states = per(job.states);
-        let forward = 1 + per(job.groups + 1) + blocks(job.states, 2) + reduction;
-        let mut backward = 1 + blocks(job.states, 3) + groups + per(classes) + reduction;
+        let forward = 1 + per(job.groups + 1) + states + reduction;
+        let mut backward = 1 + 2 * states + groups + per(classes) + reduction;
         if job.ckpt > 1 {
             // Recomputing k - 1 rows every k frames, and once per span up to k rows at once.
             backward += states + 1;

@@ -8,7 +8,7 @@
 //! the others during the backward sweep, so T and S are not capped by the table; only a
 //! sample whose own `T x C` input exceeds one binding cannot run on the GPU.
 
-use super::contract::{out, HEADER, META};
+use super::contract::{out, HEADER, META, WORK_CELL_BYTES};
 use crate::error::CtcError;
 
 /// Rows of `work` the backward sweep needs besides the alpha rows: two w rows, two occupancy
@@ -24,7 +24,8 @@ pub(crate) struct Budget {
     pub workgroups: u32,
 }
 
-/// One sample's share of a chunk's buffers, in elements (floats, or `u32` for `info`).
+/// One sample's share of a chunk's buffers, in elements (floats, `u32` for `info`, lattice
+/// cells of [`WORK_CELL_BYTES`] for `work`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Job {
     /// The sample's index in the batch.
@@ -70,8 +71,9 @@ impl Job {
                 ),
             });
         }
+        let cells = (budget.buffer_bytes / WORK_CELL_BYTES as u64) as usize;
         let ckpt = if with_grad {
-            checkpoint(t_len, states, cap).ok_or_else(|| CtcError::Gpu {
+            checkpoint(t_len, states, cells).ok_or_else(|| CtcError::Gpu {
                 message: format!(
                     "sample {n}: a target of {} labels over {t_len} frames needs more lattice \
                      memory than the largest GPU buffer fastctc may use ({:.1} MiB), even \
@@ -150,10 +152,11 @@ impl Chunk {
 
     fn admits(&self, job: &Job, budget: Budget, elem_bytes: usize) -> bool {
         let cap = (budget.buffer_bytes / elem_bytes as u64) as usize;
+        let cells = (budget.buffer_bytes / WORK_CELL_BYTES as u64) as usize;
         let info_cap = (budget.buffer_bytes / 4) as usize;
         self.jobs.len() < budget.workgroups as usize
             && self.rows + job.rows <= cap
-            && self.work + job.work <= cap
+            && self.work + job.work <= cells
             && self.out + job.out <= cap
             && HEADER + self.info + job.info <= info_cap
     }
@@ -229,7 +232,7 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
         for chunk in &chunks {
-            assert!(chunk.rows * 4 <= MIB as usize && chunk.work * 4 <= MIB as usize);
+            assert!(chunk.rows * 4 <= MIB as usize && chunk.work * WORK_CELL_BYTES <= MIB as usize);
         }
     }
 
@@ -248,14 +251,14 @@ mod tests {
 
     #[test]
     fn long_samples_keep_every_kth_row() {
-        // T = 10000, S = 1000: the full table is 80 MB; with 8 MiB buffers k ~ sqrt(T) rows.
+        // T = 10000, S = 1000: the full table is 160 MB; with 8 MiB buffers k ~ sqrt(T) rows.
         let labels: Vec<u32> = (0..1000).map(|j| 1 + j % 7).collect();
         let job = Job::new(0, 10_000, &labels, 8, true, 4, budget(8 * MIB)).unwrap();
         assert!(job.ckpt > 1 && job.ckpt <= 101, "k = {}", job.ckpt);
-        assert!(job.work * 4 <= 8 * MIB as usize);
+        assert!(job.work * WORK_CELL_BYTES <= 8 * MIB as usize);
         assert_eq!(job.work, 2001 * work_rows(10_000, job.ckpt));
         // And the same sample with room for the whole table keeps it.
-        let job = Job::new(0, 10_000, &labels, 8, true, 4, budget(128 * MIB)).unwrap();
+        let job = Job::new(0, 10_000, &labels, 8, true, 4, budget(256 * MIB)).unwrap();
         assert_eq!(job.ckpt, 1);
     }
 

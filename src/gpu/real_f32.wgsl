@@ -3,6 +3,20 @@
 
 alias real = f32;
 
+// A stored lattice value (`work`): its integer part and remainder, `vec2(h, l)` (see
+// `settle` in lattice.wgsl). Keeping the pair keeps every value's absolute precision at that
+// of its remainder, not of its magnitude: values far below a row's maximum, where the
+// posterior often lies, would otherwise be rounded to an ulp of hundreds of nats.
+alias cell = vec2<f32>;
+
+fn from_cell(c: cell) -> vec2<real> {
+    return c;
+}
+
+fn to_cell(v: vec2<real>) -> cell {
+    return v;
+}
+
 // -inf. WGSL has no infinity literal; the bit pattern is exact on every device.
 fn neg_inf() -> real {
     return bitcast<f32>(0xff800000u);

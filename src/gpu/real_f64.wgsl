@@ -6,6 +6,18 @@
 
 alias real = f64;
 
+// A stored lattice value (`work`): one float64, precise enough without the float32 prelude's
+// pair; `from_cell` puts the whole value in the pair's first component, `to_cell` adds them.
+alias cell = f64;
+
+fn from_cell(c: cell) -> vec2<real> {
+    return vec2<real>(c, 0.0);
+}
+
+fn to_cell(v: vec2<real>) -> cell {
+    return v.x + v.y;
+}
+
 fn neg_inf() -> real {
     return f64(bitcast<f32>(0xff800000u));
 }

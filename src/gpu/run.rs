@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::cache::{Buffers, Cache, GRAD, INFO, LP, OUT, SCALES};
 use super::context::{Context, Kernels};
-use super::contract::{out, status, SPAN_BYTES};
+use super::contract::{out, status, SPAN_BYTES, WORK_CELL_BYTES};
 use super::pack::{self, Packed};
 use super::plan::{self, Budget, Chunk, Job};
 use super::profile::{Phase, Phases, Timings};
@@ -156,12 +156,7 @@ fn run_chunk<F: GpuFloat>(
     let packed = pack::pack_info(call.problem, chunk, call.row_scale);
     // `FASTCTC_GPU_SPAN_FRAMES` overrides the estimate (tests use it to force many spans).
     let estimate = env_number("FASTCTC_GPU_SPAN_FRAMES").unwrap_or_else(|| {
-        pack::frames_per_span(
-            call.problem,
-            chunk,
-            ctx.info.workgroup_size as usize,
-            ctx.info.unroll as usize,
-        )
+        pack::frames_per_span(call.problem, chunk, ctx.info.workgroup_size as usize)
     });
     let mut frames = (estimate / ctx.span_divisor.load(Ordering::Relaxed)).max(1);
     let mut rows_uploaded = false;
@@ -247,7 +242,7 @@ impl<F: GpuFloat> Attempt<'_, '_, '_, F> {
             (self.packed.scales.len() * elem) as u64,
             rows,
             if self.call.with_grad { rows } else { 0 },
-            (self.chunk.work * elem) as u64,
+            (self.chunk.work * WORK_CELL_BYTES) as u64,
             self.out_bytes(),
         ]
     }
