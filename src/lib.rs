@@ -31,6 +31,7 @@ pub mod error;
 pub mod gpu;
 pub mod gradient;
 pub mod memory;
+pub mod openmp;
 pub mod options;
 pub mod output;
 pub mod problem;

@@ -548,6 +548,24 @@ fn get_num_threads() -> usize {
     threads::num_threads()
 }
 
+/// Runs later batches on the calling thread's OpenMP team (`enabled`), or on fastctc's own
+/// pool; returns whether the process has an OpenMP runtime to run them on.
+#[pyfunction]
+fn use_openmp_team(enabled: bool) -> bool {
+    if enabled {
+        crate::openmp::enable()
+    } else {
+        crate::openmp::disable();
+        false
+    }
+}
+
+/// How many batches have run on an OpenMP team in this process.
+#[pyfunction]
+fn openmp_batches() -> usize {
+    crate::openmp::batches()
+}
+
 /// Frees the gradient buffers and workspaces kept for reuse; returns the bytes freed.
 #[pyfunction]
 fn empty_cache() -> usize {
@@ -579,5 +597,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_profile, m)?)?;
     m.add_function(wrap_pyfunction!(empty_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(use_openmp_team, m)?)?;
+    m.add_function(wrap_pyfunction!(openmp_batches, m)?)?;
     Ok(())
 }

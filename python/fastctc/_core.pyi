@@ -80,6 +80,13 @@ def get_num_threads() -> int:
 def empty_cache() -> int:
     """Frees the gradient buffers and CPU workspaces kept for reuse; returns the bytes freed."""
 
+def use_openmp_team(enabled: bool) -> bool:
+    """Runs later batches on the calling thread's OpenMP team (``enabled``), or on fastctc's
+    own pool; returns whether the process has an OpenMP runtime to run them on."""
+
+def openmp_batches() -> int:
+    """How many batches have run on an OpenMP team in this process."""
+
 def simd_features() -> list[str]:
     """The CPU's SIMD extensions detected at run time."""
 

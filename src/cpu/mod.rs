@@ -47,7 +47,7 @@ use crate::options::InputKind;
 use crate::output::{AlignmentOutput, CtcOutput};
 use crate::problem::Problem;
 use crate::real::Real;
-use crate::threads;
+use crate::{openmp, threads};
 
 /// The instruction-set extensions this CPU offers that matter to the kernels, for `info`.
 pub fn simd_features() -> Vec<&'static str> {
@@ -132,11 +132,19 @@ fn total_work<F>(problem: &Problem<'_, F>, with_grad: bool) -> usize {
 }
 
 /// Runs `work` on every job (given largest first): on the calling thread when the batch is
-/// small, shared with one pool thread when it is medium, else on the whole pool.
+/// small; else on the calling thread's OpenMP team where one is enabled (`openmp.rs`: inside
+/// a torch process); else shared with one pool thread when it is medium, or on the whole
+/// pool.
 fn for_each_job<T: Send>(jobs: Vec<T>, work_size: usize, work: impl Fn(T) + Sync + Send) {
     if work_size < SERIAL_WORK || threads::num_threads() == 1 || jobs.len() < 2 {
         jobs.into_iter().for_each(work);
-    } else if work_size < SPLIT_WORK {
+        return;
+    }
+    let jobs = match openmp::for_each_job(jobs, threads::num_threads(), &work) {
+        Ok(()) => return,
+        Err(jobs) => jobs,
+    };
+    if work_size < SPLIT_WORK {
         // Both threads take the next job from one queue (largest first): when the helper
         // wakes late, the caller has simply done more of them.
         threads::share_with_one_helper(jobs, &work);
