@@ -137,7 +137,7 @@ def test_every_entry_refuses_an_unknown_layout(entry, unbatched) -> None:
 
 
 @pytest.mark.parametrize(
-    ("entry", "allowed"), [("ctc_posteriors", "'cpu', 'gpu'"), ("ctc_align", "'cpu'$")]
+    ("entry", "allowed"), [("ctc_posteriors", "'cpu', 'gpu'"), ("ctc_align", "'cpu', 'gpu'$")]
 )
 def test_every_entry_refuses_an_unknown_device(entry, allowed) -> None:
     lp = np.log(np.full((3, 1, 3), 1 / 3))
