@@ -1,9 +1,11 @@
 //! The WGSL sources: the lattice kernels (`lattice.wgsl`) behind a prelude that fixes the
-//! float type (`real_f32.wgsl`, `real_f64.wgsl`), with the workgroup size set per device.
+//! float type (`real_f32.wgsl`, `real_f64.wgsl`) and the log-sum-exps of lattice values
+//! (`pairs.wgsl`), with the workgroup size set per device.
 
 const LATTICE: &str = include_str!("lattice.wgsl");
 const REAL_F32: &str = include_str!("real_f32.wgsl");
 const REAL_F64: &str = include_str!("real_f64.wgsl");
+const PAIRS: &str = include_str!("pairs.wgsl");
 
 /// The line of `lattice.wgsl` that sets the workgroup size.
 const WORKGROUP_LINE: &str = "const WG: u32 = 256u;";
@@ -31,7 +33,7 @@ pub(crate) fn source(f64: bool, workgroup_size: u32) -> String {
         WORKGROUP_LINE,
         &format!("const WG: u32 = {workgroup_size}u;"),
     );
-    format!("{prelude}\n{lattice}")
+    format!("{prelude}\n{PAIRS}\n{lattice}")
 }
 
 #[cfg(test)]
