@@ -38,7 +38,7 @@ import time
 import fastctc
 import numpy as np
 from fastctc import _core
-from shapes import shapes_for
+from shapes import chosen, shapes_for
 
 # name -> (T, N, C, S), from benches/shapes.csv (shared with the other benchmarks).
 SHAPES = shapes_for("gpu")
@@ -91,13 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if info is None:
         print("no GPU adapter: install a driver (mesa-vulkan-drivers libvulkan1 for lavapipe)")
         return 1
-    wanted = SHAPES
-    if args.shapes:
-        names = [name.strip() for name in args.shapes.split(",")]
-        unknown = [name for name in names if name not in SHAPES]
-        if unknown:
-            parser.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
-        wanted = {name: SHAPES[name] for name in names}
+    wanted = chosen(parser, SHAPES, args.shapes)
 
     lines = [
         f"# fastctc {fastctc.__version__}: GPU backend vs CPU backend",

@@ -8,6 +8,7 @@ as ``kernel.rs`` does.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,6 +56,24 @@ def load(path: Path = PATH) -> list[Shape]:
             raise ValueError(f"{where}: the name {name!r} or id {id_!r} is already used")
         shapes.append(Shape(name, id_, T, N, C, S, used))
     return shapes
+
+
+def chosen(
+    parser: argparse.ArgumentParser,
+    shapes: dict[str, tuple[int, int, int, int]],
+    option: str | None,
+    default: tuple[str, ...] | None = None,
+) -> dict[str, tuple[int, int, int, int]]:
+    """The shapes a ``--shapes`` option names (comma-separated), in its order; ``default``
+    (else every shape) without it. An unknown name is a usage error through ``parser``."""
+    if option:
+        names = [name.strip() for name in option.split(",")]
+    else:
+        names = list(shapes if default is None else default)
+    unknown = [name for name in names if name not in shapes]
+    if unknown:
+        parser.error(f"unknown shapes {unknown}; choose from {list(shapes)}")
+    return {name: shapes[name] for name in names}
 
 
 def shapes_for(bench: str) -> dict[str, tuple[int, int, int, int]]:

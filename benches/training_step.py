@@ -30,7 +30,7 @@ import subprocess
 import sys
 import textwrap
 
-from shapes import shapes_for
+from shapes import chosen, shapes_for
 
 SHAPES = shapes_for("compare")
 DEFAULT_SHAPES = ("ASR characters", "BPE vocabulary")
@@ -105,16 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats (default 20)")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.shapes.split(",")] if args.shapes else DEFAULT_SHAPES
-    unknown = [name for name in names if name not in SHAPES]
-    if unknown:
-        parser.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
+    wanted = chosen(parser, SHAPES, args.shapes, DEFAULT_SHAPES)
     policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"threads {args.threads}, OMP_WAIT_POLICY {policy}, median of {args.repeats}, ms")
     print("| shape (T, N, C, S) | alone | after model | ratio | torch after model | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name in names:
-        shape = SHAPES[name]
+    for name, shape in wanted.items():
         setup = BATCH.format(shape=", ".join(map(str, shape)))
         params = {"threads": args.threads, "repeats": args.repeats}
         alone = float(child(setup + ALONE.format(**params)))

@@ -45,20 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastctc import _core
-from shapes import shapes_for
+from shapes import chosen, shapes_for
+
+from gpu import PHASES, batch
 
 SHAPES = shapes_for("cuda")
-PHASES = ("pack", "upload", "compute", "readback", "unpack")
 CUDNN_MAX_TARGET = 256
-
-
-def batch(shape: tuple[int, int, int, int], seed: int = 0):
-    T, N, C, S = shape
-    rng = np.random.default_rng(seed)
-    logits = rng.standard_normal((T, N, C), dtype=np.float32)
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    targets = rng.integers(1, C, size=(N, S), dtype=np.int64)
-    return log_probs, targets, np.full(N, T, dtype=np.int64), np.full(N, S, dtype=np.int64)
 
 
 def median_ms(step, repeats: int, sync, warmups: int = 2) -> float:
@@ -201,13 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             return None
 
         gpu_name = f"none (torch tensors on {device})"
-    wanted = SHAPES
-    if args.shapes:
-        names = [name.strip() for name in args.shapes.split(",")]
-        unknown = [name for name in names if name not in SHAPES]
-        if unknown:
-            parser.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
-        wanted = {name: SHAPES[name] for name in names}
+    wanted = chosen(parser, SHAPES, args.shapes)
 
     info = fastctc.gpu_info()
     adapter = (
